@@ -1,0 +1,571 @@
+# Copyright 2026 The mmemotion authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+"""PyTorch MMEmotion: VideoLLaMA (v1) encoders, masked pooling and fusion heads for emotion recognition in conversations.
+
+Data flow of one utterance (shapes for the default VideoLLaMA-13B sizes):
+
+- video: frames (T, 3, 224, 224) -> EVA ViT-g (`Blip2VisionModel`) -> BLIP-2 Q-Former (32 queries per frame)
+  -> + frame position embedding -> video Q-Former over the T*32 tokens (32 queries) -> `llama_proj` -> (32, 5120)
+- audio: fbank clips (S, 1, 128, 204) -> ImageBind audio encoder (one 1024-d embedding per clip)
+  -> + clip position embedding -> audio Q-Former over the S clips (8 queries) -> `audio_llama_proj` -> (8, 5120)
+- text: token ids (L,) -> LLaMA input embeddings (or a text model's last hidden state) -> (L, 5120)
+
+Each modality: Linear(width -> projection_size) then masked mean or attention pooling -> one vector; a modality absent
+for an item (no clip, no audio track, empty transcript) is replaced by a learned "missing" vector of that modality;
+the vectors are concatenated in `config.modalities` order and fed to the task head.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from transformers import AutoModel, Blip2QFormerModel, Blip2VisionModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ModelOutput
+from transformers.utils import logging
+
+try:  # loaded as remote code (a package made by transformers) or as part of the `mmemotion` package
+    from .configuration_mmemotion import MMEmotionAudioConfig, MMEmotionConfig, MMEmotionVideoConfig
+except ImportError:  # imported as a top-level module from the repository root (train.py, tests)
+    from configuration_mmemotion import MMEmotionAudioConfig, MMEmotionConfig, MMEmotionVideoConfig
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class MMEmotionModelOutput(ModelOutput):
+    r"""
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, num_modalities * projection_size)`):
+        The fused utterance vector: the pooled vectors of every modality, concatenated in `config.modalities` order.
+    modality_embeds (`torch.FloatTensor` of shape `(batch_size, num_modalities, projection_size)`):
+        The pooled vector of each modality (the learned "missing" vector where the modality is absent).
+    modality_mask (`torch.LongTensor` of shape `(batch_size, num_modalities)`):
+        1 where the modality was observed for the item.
+    text_features (`torch.FloatTensor` of shape `(batch_size, text_length, text_hidden_size)`, *optional*):
+        Output of the text encoder (what a feature cache stores).
+    video_features (`torch.FloatTensor` of shape `(batch_size, num_video_query_tokens, llm_hidden_size)`, *optional*):
+        Output of the video branch.
+    audio_features (`torch.FloatTensor` of shape `(batch_size, num_audio_query_tokens, llm_hidden_size)`, *optional*):
+        Output of the audio branch.
+    """
+
+    pooler_output: torch.FloatTensor | None = None
+    modality_embeds: torch.FloatTensor | None = None
+    modality_mask: torch.LongTensor | None = None
+    text_features: torch.FloatTensor | None = None
+    video_features: torch.FloatTensor | None = None
+    audio_features: torch.FloatTensor | None = None
+
+
+@dataclass
+class MMEmotionClassifierOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
+        Cross-entropy of the emotion classification.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Emotion scores (before softmax).
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, num_modalities * projection_size)`):
+        The fused utterance vector the head classified.
+    modality_mask (`torch.LongTensor` of shape `(batch_size, num_modalities)`):
+        1 where the modality was observed for the item.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    modality_mask: torch.LongTensor | None = None
+
+
+def _scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Put `values` (one row per true entry of `mask`) back into a zero tensor of shape `mask.shape + values.shape[1:]`."""
+    output = values.new_zeros(*mask.shape, *values.shape[1:])
+    output[mask] = values
+    return output
+
+
+class VideoLlamaVideoEncoder(nn.Module):
+    """VideoLLaMA's video branch: frames -> EVA ViT -> BLIP-2 Q-Former -> frame positions -> video Q-Former -> projection."""
+
+    def __init__(self, config: MMEmotionVideoConfig):
+        super().__init__()
+        self.config = config
+        qformer_width = config.qformer_config.hidden_size
+        video_qformer_width = config.video_qformer_config.hidden_size
+        self.vision_model = Blip2VisionModel(config.vision_config)
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, qformer_width))
+        self.qformer = Blip2QFormerModel(config.qformer_config)
+        self.frame_position_embedding = nn.Embedding(config.max_frame_positions, qformer_width)
+        self.video_query_tokens = nn.Parameter(torch.zeros(1, config.num_video_query_tokens, video_qformer_width))
+        self.video_qformer = Blip2QFormerModel(config.video_qformer_config)
+        self.llama_proj = nn.Linear(video_qformer_width, config.llm_hidden_size)
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) frames -> (N, num_query_tokens, qformer width): VideoLLaMA's per-frame BLIP-2 features."""
+        image_embeds = self.vision_model(pixel_values=frames).last_hidden_state  # post layer norm = `ln_vision`
+        query_tokens = self.query_tokens.expand(frames.shape[0], -1, -1)
+        return self.qformer(query_embeds=query_tokens, encoder_hidden_states=image_embeds).last_hidden_state
+
+    def forward(self, pixel_values_videos: torch.Tensor, video_frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Args:
+            pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`):
+                Normalised frames, zero-padded past each clip's frame count.
+            video_frame_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`, *optional*):
+                1 for real frames. Padding frames are neither encoded nor attended to.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_video_query_tokens, llm_hidden_size)`.
+        """
+        batch_size, num_frames = pixel_values_videos.shape[:2]
+        if num_frames > self.config.max_frame_positions:
+            raise ValueError(f"Got {num_frames} frames per clip; the video branch has {self.config.max_frame_positions} frame positions.")
+        if video_frame_mask is None:
+            video_frame_mask = torch.ones(batch_size, num_frames, dtype=torch.long, device=pixel_values_videos.device)
+        frame_mask = video_frame_mask.bool()
+        frame_features = _scatter_rows(self.encode_frames(pixel_values_videos[frame_mask]), frame_mask)
+        positions = torch.arange(num_frames, device=pixel_values_videos.device)
+        frame_features = frame_features + self.frame_position_embedding(positions)[None, :, None, :]
+        frame_tokens = frame_features.flatten(1, 2)  # (B, T * num_query_tokens, width)
+        token_mask = video_frame_mask.repeat_interleave(self.config.num_query_tokens, dim=1)
+        video_query_tokens = self.video_query_tokens.expand(batch_size, -1, -1)
+        video_tokens = self.video_qformer(
+            query_embeds=video_query_tokens, encoder_hidden_states=frame_tokens, encoder_attention_mask=token_mask
+        ).last_hidden_state
+        return self.llama_proj(video_tokens)
+
+
+class ImageBindAudioEmbeddings(nn.Module):
+    """ImageBind's audio pre-processor: overlapping 16x16 patches (stride 10) + layer norm, a CLS token, positions."""
+
+    def __init__(self, config: MMEmotionAudioConfig):
+        super().__init__()
+        self.patch_embedding = nn.Conv2d(
+            1, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_stride, bias=False
+        )
+        self.patch_norm = nn.LayerNorm(config.hidden_size)  # torch's default eps, as ImageBind's stem
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embedding = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.hidden_size))
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_norm(self.patch_embedding(input_features).flatten(2).transpose(1, 2))
+        cls_token = self.cls_token.expand(patches.shape[0], -1, -1)
+        return torch.cat([cls_token, patches], dim=1) + self.position_embedding
+
+
+class ImageBindAudioMLP(nn.Module):
+    def __init__(self, config: MMEmotionAudioConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, int(config.hidden_size * config.mlp_ratio))
+        self.activation = nn.GELU()
+        self.fc2 = nn.Linear(int(config.hidden_size * config.mlp_ratio), config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class ImageBindAudioLayer(nn.Module):
+    """A pre-norm block of ImageBind's audio trunk; its attention has learned key/value biases (`add_bias_kv`)."""
+
+    def __init__(self, config: MMEmotionAudioConfig):
+        super().__init__()
+        self.norm_1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # torch's own attention keeps ImageBind's parameter layout (`in_proj_weight`, `bias_k`, `bias_v`, `out_proj`).
+        self.attn = nn.MultiheadAttention(
+            config.hidden_size, config.num_attention_heads, bias=True, add_bias_kv=True, batch_first=True
+        )
+        self.norm_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ImageBindAudioMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        normed = self.norm_1(hidden_states)
+        hidden_states = hidden_states + self.attn(normed, normed, normed, need_weights=False)[0]
+        return hidden_states + self.mlp(self.norm_2(hidden_states))
+
+
+class ImageBindAudioModel(nn.Module):
+    """ImageBind-Huge's audio encoder: (N, 1, 128, 204) filterbanks -> (N, output_size) clip embeddings."""
+
+    def __init__(self, config: MMEmotionAudioConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = ImageBindAudioEmbeddings(config)
+        self.layers = nn.ModuleList([ImageBindAudioLayer(config) for _ in range(config.num_hidden_layers)])
+        self.head_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.head_proj = nn.Linear(config.hidden_size, config.output_size, bias=False)
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.embeddings(input_features)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+        clip_embeds = self.head_proj(self.head_norm(hidden_states[:, 0]))
+        if self.config.normalize_output:
+            clip_embeds = nn.functional.normalize(clip_embeds, dim=-1)
+        return clip_embeds
+
+
+class VideoLlamaAudioEncoder(nn.Module):
+    """VideoLLaMA's audio branch: clips -> ImageBind audio encoder -> clip positions -> audio Q-Former -> projection."""
+
+    def __init__(self, config: MMEmotionAudioConfig):
+        super().__init__()
+        self.config = config
+        qformer_width = config.audio_qformer_config.hidden_size
+        self.audio_model = ImageBindAudioModel(config)
+        self.audio_position_embedding = nn.Embedding(config.max_clip_positions, config.output_size)
+        self.audio_query_tokens = nn.Parameter(torch.zeros(1, config.num_audio_query_tokens, qformer_width))
+        self.audio_qformer = Blip2QFormerModel(config.audio_qformer_config)
+        self.audio_llama_proj = nn.Linear(qformer_width, config.llm_hidden_size)
+
+    def forward(self, audio_values: torch.Tensor, audio_clip_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Args:
+            audio_values (`torch.FloatTensor` of shape `(batch_size, num_clips, 1, num_mel_bins, target_length)`):
+                Normalised filterbank clips, zero-padded past each item's clip count.
+            audio_clip_mask (`torch.LongTensor` of shape `(batch_size, num_clips)`, *optional*):
+                1 for real clips. Padding clips are neither encoded nor attended to.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_audio_query_tokens, llm_hidden_size)`.
+        """
+        batch_size, num_clips = audio_values.shape[:2]
+        if num_clips > self.config.max_clip_positions:
+            raise ValueError(f"Got {num_clips} audio clips; the audio branch has {self.config.max_clip_positions} clip positions.")
+        if audio_clip_mask is None:
+            audio_clip_mask = torch.ones(batch_size, num_clips, dtype=torch.long, device=audio_values.device)
+        clip_mask = audio_clip_mask.bool()
+        clip_embeds = _scatter_rows(self.audio_model(audio_values[clip_mask]), clip_mask)
+        positions = torch.arange(num_clips, device=audio_values.device)
+        clip_embeds = clip_embeds + self.audio_position_embedding(positions)[None]
+        audio_query_tokens = self.audio_query_tokens.expand(batch_size, -1, -1)
+        audio_tokens = self.audio_qformer(
+            query_embeds=audio_query_tokens, encoder_hidden_states=clip_embeds, encoder_attention_mask=audio_clip_mask
+        ).last_hidden_state
+        return self.audio_llama_proj(audio_tokens)
+
+
+class MMEmotionTextEncoder(nn.Module):
+    """The text branch: a text model's input embeddings (VideoLLaMA's text embeddings) or its last hidden state."""
+
+    def __init__(self, config: MMEmotionConfig):
+        super().__init__()
+        self.text_embedding = config.text_embedding
+        text_config = config.text_config
+        if self.text_embedding == "input_embeddings":
+            # Only the embedding table: a 13B LLaMA's transformer layers are never run for this branch.
+            self.embed_tokens = nn.Embedding(
+                text_config.vocab_size, text_config.hidden_size, padding_idx=getattr(text_config, "pad_token_id", None)
+            )
+        else:
+            self.model = AutoModel.from_config(text_config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.text_embedding == "input_embeddings":
+            return self.embed_tokens(input_ids)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def load_pretrained_text_model(self, text_model: PreTrainedModel):
+        """Copy the weights this branch uses from a pretrained text model of the same architecture."""
+        if self.text_embedding == "input_embeddings":
+            self.embed_tokens.load_state_dict(text_model.get_input_embeddings().state_dict())
+        else:
+            self.model.load_state_dict(text_model.state_dict())
+
+
+class MMEmotionPooling(nn.Module):
+    """Masked pooling of a token sequence: mean over real tokens, or additive attention restricted to real tokens."""
+
+    def __init__(self, config: MMEmotionConfig):
+        super().__init__()
+        self.pooling = config.pooling
+        if self.pooling == "attention":
+            self.attention = nn.Linear(config.projection_size, config.attention_size)
+            self.score = nn.Linear(config.attention_size, 1, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.bool()
+        if self.pooling == "mean":
+            weights = mask.to(hidden_states.dtype)
+            weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1)
+        else:
+            scores = self.score(torch.tanh(self.attention(hidden_states))).squeeze(-1)
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            # An item without any real token (an absent modality) gets zero weights instead of NaN.
+            weights = torch.softmax(scores, dim=1) * mask.any(dim=1, keepdim=True)
+        return torch.einsum("bl,bld->bd", weights, hidden_states)
+
+
+class MMEmotionModalityPooler(nn.Module):
+    """Projects one modality's tokens to `projection_size` and pools them to one vector."""
+
+    def __init__(self, config: MMEmotionConfig, input_size: int):
+        super().__init__()
+        self.projection = nn.Linear(input_size, config.projection_size)
+        self.pooling = MMEmotionPooling(config)
+
+    def forward(self, features: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        return self.pooling(self.projection(features), token_mask)
+
+
+class MMEmotionPreTrainedModel(PreTrainedModel):
+    config: MMEmotionConfig
+    config_class = MMEmotionConfig
+    base_model_prefix = "mmemotion"
+    main_input_name = "input_ids"
+    input_modalities = ("text", "video", "audio")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _no_split_modules = ["ImageBindAudioLayer", "Blip2EncoderLayer", "Blip2QFormerLayer"]
+    # The models take `**kwargs` only to ignore extra collator keys and return a plain mean loss: Trainer must not
+    # rescale it (see docs/transformers-v5-notes in the shared docs: eval loss x2 with 2 processes otherwise).
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, VideoLlamaVideoEncoder):
+            init.normal_(module.query_tokens, mean=0.0, std=module.config.qformer_config.initializer_range)
+            init.normal_(module.video_query_tokens, mean=0.0, std=module.config.video_qformer_config.initializer_range)
+        elif isinstance(module, VideoLlamaAudioEncoder):
+            init.normal_(module.audio_query_tokens, mean=0.0, std=module.config.audio_qformer_config.initializer_range)
+        elif isinstance(module, ImageBindAudioEmbeddings):
+            init.trunc_normal_(module.cls_token, std=0.02)
+            init.trunc_normal_(module.position_embedding, std=0.02)
+        elif isinstance(module, MMEmotionModel):
+            init.normal_(module.missing_modality_embeds, mean=0.0, std=std)
+
+    def _set_full_auto_map(self):
+        """Record every auto class in the config: `save_pretrained` itself only adds the class being saved.
+
+        `AutoModel` loads the checkpoint's own task model, head included, so that
+        `AutoModel.from_pretrained(repo, trust_remote_code=True)` gives a model that predicts emotions.
+        """
+        self.config.auto_map = {
+            "AutoConfig": "configuration_mmemotion.MMEmotionConfig",
+            "AutoModel": f"modeling_mmemotion.{type(self).__name__}",
+            "AutoModelForSequenceClassification": "modeling_mmemotion.MMEmotionForEmotionClassification",
+            "AutoProcessor": "processing_mmemotion.MMEmotionProcessor",
+        }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        self._set_full_auto_map()
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class MMEmotionModel(MMEmotionPreTrainedModel):
+    """The encoders, per-modality pooling and fusion: one vector per utterance (no task head)."""
+
+    def __init__(self, config: MMEmotionConfig):
+        super().__init__(config)
+        self.modalities = list(config.modalities)
+        if "text" in self.modalities:
+            self.text_encoder = MMEmotionTextEncoder(config)
+        if "video" in self.modalities:
+            self.video_encoder = VideoLlamaVideoEncoder(config.video_config)
+        if "audio" in self.modalities:
+            self.audio_encoder = VideoLlamaAudioEncoder(config.audio_config)
+        self.poolers = nn.ModuleDict(
+            {modality: MMEmotionModalityPooler(config, config.modality_hidden_size(modality)) for modality in self.modalities}
+        )
+        self.missing_modality_embeds = nn.Parameter(torch.zeros(len(self.modalities), config.projection_size))
+        self.post_init()
+        for modality in self.modalities:
+            if getattr(config, f"freeze_{modality}_encoder"):
+                self.encoder(modality).requires_grad_(False)
+
+    def encoder(self, modality: str) -> nn.Module:
+        return getattr(self, f"{modality}_encoder")
+
+    def get_input_embeddings(self):
+        if "text" not in self.modalities:
+            return None
+        text_encoder = self.text_encoder
+        return text_encoder.embed_tokens if text_encoder.text_embedding == "input_embeddings" else text_encoder.model.get_input_embeddings()
+
+    def _is_frozen(self, modality: str) -> bool:
+        # Checked live, so LoRA adapters added later (peft) on a frozen encoder still train.
+        return not any(parameter.requires_grad for parameter in self.encoder(modality).parameters())
+
+    def train(self, mode: bool = True):
+        """Encoders with no trainable parameter stay in eval mode (no dropout) while the fusion and heads train."""
+        super().train(mode)
+        for modality in self.modalities:
+            if self._is_frozen(modality):
+                self.encoder(modality).eval()
+        return self
+
+    def _run_encoder(self, modality: str, *inputs: torch.Tensor) -> torch.Tensor:
+        if self._is_frozen(modality):
+            with torch.no_grad():
+                return self.encoder(modality)(*inputs)
+        return self.encoder(modality)(*inputs)
+
+    def encode_modalities(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_frame_mask: torch.LongTensor | None = None,
+        video_mask: torch.LongTensor | None = None,
+        audio_values: torch.FloatTensor | None = None,
+        audio_clip_mask: torch.LongTensor | None = None,
+        audio_mask: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> dict[str, torch.Tensor]:
+        """Run the encoders on the processor's output: `{"text_features", "video_features", "audio_features"}`.
+
+        Items whose modality is absent (`video_mask` / `audio_mask` 0) are not encoded; their features are zeros. These
+        features are what a frozen-encoder feature cache stores and what `forward` accepts in place of raw inputs.
+        """
+        features = {}
+        if "text" in self.modalities and input_ids is not None:
+            features["text_features"] = self._run_encoder("text", input_ids, attention_mask)
+        for modality, values, inner_mask, item_mask in (
+            ("video", pixel_values_videos, video_frame_mask, video_mask),
+            ("audio", audio_values, audio_clip_mask, audio_mask),
+        ):
+            if modality not in self.modalities or values is None:
+                continue
+            present = torch.ones(values.shape[0], dtype=torch.bool, device=values.device) if item_mask is None else item_mask.bool()
+            output_shape = (self.config.video_config.num_video_query_tokens if modality == "video" else self.config.audio_config.num_audio_query_tokens,)
+            encoded = values.new_zeros(values.shape[0], *output_shape, self.config.modality_hidden_size(modality))
+            if present.any():
+                encoded[present] = self._run_encoder(
+                    modality, values[present], None if inner_mask is None else inner_mask[present]
+                ).to(encoded.dtype)
+            features[f"{modality}_features"] = encoded
+        return features
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        text_mask: torch.LongTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_frame_mask: torch.LongTensor | None = None,
+        video_mask: torch.LongTensor | None = None,
+        audio_values: torch.FloatTensor | None = None,
+        audio_clip_mask: torch.LongTensor | None = None,
+        audio_mask: torch.LongTensor | None = None,
+        text_features: torch.FloatTensor | None = None,
+        video_features: torch.FloatTensor | None = None,
+        audio_features: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> MMEmotionModelOutput:
+        r"""
+        Takes the keys of `MMEmotionProcessor`'s output, or precomputed encoder outputs (`text_features` with
+        `attention_mask`, `video_features`, `audio_features`, as `encode_modalities` returns them) in place of the
+        raw inputs of a modality. `text_mask`, `video_mask` and `audio_mask` (batch_size,) mark the items that have
+        the modality; an absent modality contributes the learned missing vector, never zeros.
+        """
+        features = {"text_features": text_features, "video_features": video_features, "audio_features": audio_features}
+        raw_inputs = {
+            "input_ids": input_ids if text_features is None else None,
+            "attention_mask": attention_mask,
+            "pixel_values_videos": pixel_values_videos if video_features is None else None,
+            "video_frame_mask": video_frame_mask,
+            "video_mask": video_mask,
+            "audio_values": audio_values if audio_features is None else None,
+            "audio_clip_mask": audio_clip_mask,
+            "audio_mask": audio_mask,
+        }
+        features.update(self.encode_modalities(**raw_inputs))
+        item_masks = {"text": text_mask, "video": video_mask, "audio": audio_mask}
+
+        pooled, present = [], []
+        for modality in self.modalities:
+            modality_features = features[f"{modality}_features"]
+            if modality_features is None:
+                raise ValueError(
+                    f"The model has a {modality} branch but got no {modality} input: pass the processor's {modality} "
+                    f"outputs, `{modality}_features`, or mark the items as absent with `{modality}_mask`."
+                )
+            batch_size, length = modality_features.shape[:2]
+            token_mask = torch.ones(batch_size, length, dtype=torch.long, device=modality_features.device)
+            if modality == "text" and attention_mask is not None:
+                token_mask = attention_mask
+            item_mask = item_masks[modality]
+            item_present = token_mask.bool().any(dim=1)
+            if item_mask is not None:
+                item_present = item_present & item_mask.bool()
+            pooled.append(self.poolers[modality](modality_features, token_mask * item_present[:, None]))
+            present.append(item_present)
+
+        modality_mask = torch.stack(present, dim=1)
+        modality_embeds = torch.stack(pooled, dim=1)
+        missing = self.missing_modality_embeds.to(modality_embeds.dtype).expand_as(modality_embeds)
+        modality_embeds = torch.where(modality_mask[..., None], modality_embeds, missing)
+        return MMEmotionModelOutput(
+            pooler_output=modality_embeds.flatten(1),
+            modality_embeds=modality_embeds,
+            modality_mask=modality_mask.long(),
+            text_features=features["text_features"],
+            video_features=features["video_features"],
+            audio_features=features["audio_features"],
+        )
+
+
+class MMEmotionClassificationHead(nn.Module):
+    """The seed's head: Linear -> ReLU -> Dropout -> Linear over the fused utterance vector."""
+
+    def __init__(self, config: MMEmotionConfig, input_size: int):
+        super().__init__()
+        self.dense = nn.Linear(input_size, config.classifier_hidden_size)
+        self.activation = nn.ReLU()
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.out_proj = nn.Linear(config.classifier_hidden_size, config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.dropout(self.activation(self.dense(hidden_states))))
+
+
+class MMEmotionForEmotionClassification(MMEmotionPreTrainedModel):
+    """MMEmotion with an utterance-level emotion head: each utterance is classified on its own (seed experiments 0-4)."""
+
+    def __init__(self, config: MMEmotionConfig):
+        super().__init__(config)
+        self.mmemotion = MMEmotionModel(config)
+        self.classifier = MMEmotionClassificationHead(config, len(config.modalities) * config.projection_size)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.mmemotion.get_input_embeddings()
+
+    def forward(self, labels: torch.LongTensor | None = None, **inputs) -> MMEmotionClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Emotion ids in `[0, num_labels)`; -100 is ignored. Every other keyword is passed to `MMEmotionModel`.
+        """
+        outputs = self.mmemotion(**inputs)
+        logits = self.classifier(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            weight = None
+            if self.config.class_weights is not None:
+                weight = torch.tensor(self.config.class_weights, dtype=logits.dtype, device=logits.device)
+            loss = nn.functional.cross_entropy(logits, labels.to(logits.device), weight=weight, ignore_index=-100)
+        return MMEmotionClassifierOutput(
+            loss=loss, logits=logits, pooler_output=outputs.pooler_output, modality_mask=outputs.modality_mask
+        )
+
+# `save_pretrained` then copies this file and configuration_mmemotion.py next to the weights (remote code).
+MMEmotionModel.register_for_auto_class("AutoModel")
+MMEmotionForEmotionClassification.register_for_auto_class("AutoModel")
+
+
+__all__ = [
+    "ImageBindAudioModel",
+    "MMEmotionForEmotionClassification",
+    "MMEmotionModel",
+    "MMEmotionPreTrainedModel",
+    "VideoLlamaAudioEncoder",
+    "VideoLlamaVideoEncoder",
+]
