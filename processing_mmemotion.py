@@ -1,0 +1,734 @@
+# Copyright 2025 The mmemotion authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+Processor class for MMEmotion: a tokenizer plus VideoLLaMA (v1) video and ImageBind audio preprocessing.
+
+`MMEmotionProcessor(text=..., videos=..., audio=...)` returns a `BatchFeature` with the keys of
+`docs/architecture.md`: `input_ids`, `attention_mask`, `text_mask`, `pixel_values_videos`, `video_frame_mask`,
+`video_mask`, `audio_values`, `audio_clip_mask`, `audio_mask` (only those of the modalities passed).
+
+Bad input never ends in a decoder traceback: it raises one of the errors below, or masks the item's modality and
+logs a warning (table kept in sync with `docs/bad-input.md`):
+
+| input | result |
+|---|---|
+| video or audio path that does not exist | `FileNotFoundError` naming the path |
+| corrupt file, no video stream, zero frames | item's video masked (`video_mask` 0), warning naming the file |
+| audio taken from such a file that cannot be decoded | item's audio masked (`audio_mask` 0), warning naming the file |
+| file without an audio stream | audio masked, warning naming the file |
+| audio shorter than one 25 ms analysis window | audio masked, warning naming the file or the array |
+| clip shorter than `num_frames` frames | its real frames only, `video_frame_mask` marks them |
+| clip longer than 30 s | still `num_frames` frames and `num_clips` audio clips |
+| empty or whitespace-only transcript, or `None` | `text_mask` 0, warning naming the item index |
+| `None` as a video / audio item | that modality masked for the item, no warning |
+| `text` / `videos` / `audio` lists of different lengths | `ValueError` |
+| frames not shaped (T, H, W, 3), waveform not 1-D | `ValueError` |
+| `decoder="decord"` / `"pyav"` not installed | `ImportError` |
+"""
+
+import math
+import os
+import warnings
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import TensorType, logging
+from transformers.utils.import_utils import (
+    is_av_available,
+    is_decord_available,
+    is_scipy_available,
+    is_vision_available,
+)
+
+
+if is_decord_available():
+    import decord
+
+if is_av_available():
+    import av
+
+if is_scipy_available():
+    from scipy.signal import resample_poly
+
+if is_vision_available():
+    import PIL.Image
+
+
+logger = logging.get_logger(__name__)
+
+# OpenAI CLIP statistics, used by the EVA ViT of BLIP-2 / VideoLLaMA.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Kaldi filterbank framing used by ImageBind (torchaudio.compliance.kaldi.fbank defaults).
+FRAME_LENGTH_MS = 25.0
+FRAME_SHIFT_MS = 10.0
+# Kaldi floors the mel energies at float32 epsilon before the log.
+KALDI_MEL_FLOOR = float(np.finfo(np.float32).eps)
+
+DECODERS = ("auto", "decord", "pyav")
+
+
+class MissingStreamError(Exception):
+    """A file was read but has no stream of the wanted kind (e.g. a clip without sound)."""
+
+
+def _check_decoder(decoder: str) -> None:
+    if decoder not in DECODERS:
+        raise ValueError(f"`decoder` must be one of {DECODERS}, got {decoder!r}")
+
+
+def _decoders_to_try(decoder: str) -> list[str]:
+    """The decoders to try in order: decord first (it seeks to the sampled frames), PyAV as the fallback."""
+    available = {"decord": is_decord_available(), "pyav": is_av_available()}
+    if decoder != "auto":
+        if not available[decoder]:
+            raise ImportError(f"decoder={decoder!r} was requested but {decoder} is not installed.")
+        return [decoder]
+    decoders = [name for name in ("decord", "pyav") if available[name]]
+    if not decoders:
+        raise ImportError("Decoding media files needs `decord` or `av` (PyAV): `pip install av`.")
+    return decoders
+
+
+def _decode_or_mask(path: str, decoder: str, readers: dict, modality: str) -> np.ndarray | None:
+    """
+    Reads the `modality` ("video" or "audio") of the file `path` with `readers[name](path)`, trying each decoder in
+    turn until one succeeds.
+
+    Returns:
+        The decoded array, or `None` after a warning naming the file when it has no such stream or no decoder can
+        read it.
+
+    Raises:
+        `FileNotFoundError`: when `path` does not exist.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such media file: {path!r}")
+    errors = []
+    for name in _decoders_to_try(decoder):
+        try:
+            return readers[name](path)
+        except MissingStreamError:
+            # A fact about the file: no other decoder will find the stream either.
+            logger.warning(f"{path!r} has no {modality} stream; its {modality} is masked.")
+            return None
+        except Exception as error:  # decoders raise many library-specific types; report them all the same way
+            message = str(error).strip().splitlines()
+            errors.append(f"{name}: {message[0] if message else type(error).__name__}")
+            logger.info(f"{name} could not read {path!r}: {error}")
+    logger.warning(f"Could not decode the {modality} of {path!r} ({'; '.join(errors)}); its {modality} is masked.")
+    return None
+
+
+def _is_path(item) -> bool:
+    return isinstance(item, (str, os.PathLike))
+
+
+def _pad_items(items: list, default_length: int, item_shape: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Stacks per-item arrays of shape (N_i, *item_shape) (or `None` for an absent item) into one zero-padded batch.
+
+    Returns:
+        `(values, length_mask, item_mask)`: float32 (B, N, *item_shape) with N the longest item (`default_length`
+        when every item is absent, so that shapes never collapse to zero), int64 (B, N) marking the real entries,
+        int64 (B,) marking the present items.
+    """
+    lengths = [0 if item is None else len(item) for item in items]
+    max_length = max(lengths, default=0) or default_length
+    values = np.zeros((len(items), max_length, *item_shape), dtype=np.float32)
+    length_mask = np.zeros((len(items), max_length), dtype=np.int64)
+    for index, (item, length) in enumerate(zip(items, lengths)):
+        values[index, :length] = item
+        length_mask[index, :length] = 1
+    item_mask = np.array([item is not None for item in items], dtype=np.int64)
+    return values, length_mask, item_mask
+
+
+class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
+    r"""
+    Constructs a VideoLLaMA (v1) video feature extractor.
+
+    Samples `num_frames` frames uniformly (`np.arange(0, vlen, vlen / n).astype(int)` with `n = min(num_frames,
+    vlen)`, as VideoLLaMA does), resizes them straight to `size` (no crop, aspect ratio not kept) with bicubic
+    interpolation, rescales to [0, 1] and normalises with the CLIP mean and standard deviation.
+
+    Args:
+        num_frames (`int`, *optional*, defaults to 8):
+            Number of frames sampled per clip. Clips with fewer frames give all their frames.
+        size (`dict[str, int]`, *optional*, defaults to `{"height": 224, "width": 224}`):
+            Output frame size.
+        rescale_factor (`float`, *optional*, defaults to `1 / 255`):
+            Factor applied to the pixel values before normalisation.
+        image_mean (`list[float]`, *optional*, defaults to the CLIP mean):
+            Per-channel mean subtracted after rescaling.
+        image_std (`list[float]`, *optional*, defaults to the CLIP standard deviation):
+            Per-channel standard deviation divided by after rescaling.
+        decoder (`str`, *optional*, defaults to `"auto"`):
+            `"decord"`, `"pyav"`, or `"auto"` (decord when installed, PyAV when decord is missing or fails on a file).
+        resize_in_decoder (`bool`, *optional*, defaults to `False`):
+            Let the decoder's own scaler produce `size` frames (faster on large videos, as the original VideoLLaMA
+            loader does). The default resizes with torch's bicubic interpolation (pytorchvideo's `ResizeVideo`),
+            which is the reference the values are checked against.
+    """
+
+    model_input_names = ["pixel_values_videos", "video_frame_mask", "video_mask"]
+
+    def __init__(
+        self,
+        num_frames: int = 8,
+        size: dict[str, int] | None = None,
+        rescale_factor: float = 1 / 255,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        decoder: str = "auto",
+        resize_in_decoder: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_decoder(decoder)
+        self.num_frames = num_frames
+        self.size = dict(size) if size is not None else {"height": 224, "width": 224}
+        self.rescale_factor = rescale_factor
+        self.image_mean = list(image_mean) if image_mean is not None else list(CLIP_MEAN)
+        self.image_std = list(image_std) if image_std is not None else list(CLIP_STD)
+        self.decoder = decoder
+        self.resize_in_decoder = resize_in_decoder
+
+    def sample_frame_indices(self, num_total_frames: int) -> np.ndarray:
+        """The indices of the frames kept out of `num_total_frames`, spread uniformly as VideoLLaMA does."""
+        num_sampled = min(self.num_frames, num_total_frames)
+        if num_sampled == 0:
+            return np.zeros(0, dtype=np.int64)
+        # Float steps can give one index too many for some lengths; keep the first `num_sampled`.
+        return np.arange(0, num_total_frames, num_total_frames / num_sampled).astype(int)[:num_sampled]
+
+    def _decoder_size(self) -> tuple[int, int] | tuple[None, None]:
+        """(width, height) the decoder should scale to, or (None, None) to keep the stored size."""
+        if self.resize_in_decoder:
+            return self.size["width"], self.size["height"]
+        return None, None
+
+    def _read_frames_with_decord(self, path: str) -> np.ndarray:
+        width, height = self._decoder_size()
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), width=width or -1, height=height or -1)
+        indices = self.sample_frame_indices(len(reader))
+        if len(indices) == 0:
+            return np.zeros((0, 1, 1, 3), dtype=np.uint8)
+        # Only the sampled frames are decoded (decord seeks to key frames).
+        return reader.get_batch(indices.tolist()).asnumpy()
+
+    def _read_frames_with_pyav(self, path: str, num_total_frames: int | None = None) -> np.ndarray:
+        width, height = self._decoder_size()
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise MissingStreamError("no video stream")
+            stream = container.streams.video[0]
+            if num_total_frames is None:
+                # The header count is 0 for some containers: count the packets then.
+                num_total_frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+                container.seek(0)
+            wanted = set(self.sample_frame_indices(num_total_frames).tolist())
+            stream.thread_type = "AUTO"
+            frames = []
+            num_decoded = 0
+            for num_decoded, frame in enumerate(container.decode(stream), start=1):
+                if num_decoded - 1 in wanted:
+                    frames.append(frame.to_ndarray(format="rgb24", width=width, height=height))
+                if len(frames) == len(wanted):
+                    break
+        if len(frames) < len(wanted):
+            # The header over-counted the frames: sample again over the frames that exist.
+            return self._read_frames_with_pyav(path, num_total_frames=num_decoded)
+        return np.stack(frames) if frames else np.zeros((0, 1, 1, 3), dtype=np.uint8)
+
+    def fetch_frames(self, video) -> np.ndarray | None:
+        """
+        Returns the sampled frames of one video as uint8 (T, H, W, 3), or `None` when the video is absent or unusable.
+
+        Args:
+            video (`str`, `os.PathLike`, `np.ndarray`, `list[PIL.Image.Image]`, `list[np.ndarray]` or `None`):
+                A video file, or already decoded frames of shape (T, H, W, 3) (all frames: they are sampled here).
+
+        Raises:
+            `FileNotFoundError`: when `video` is a path that does not exist.
+        """
+        if video is None:
+            return None
+        if _is_path(video):
+            path = os.fspath(video)
+            readers = {"decord": self._read_frames_with_decord, "pyav": self._read_frames_with_pyav}
+            frames = _decode_or_mask(path, self.decoder, readers, "video")
+            if frames is None:
+                return None
+            if len(frames) == 0:
+                logger.warning(f"The video of {path!r} has no frames; its video is masked.")
+                return None
+            return frames
+        frames = self._frames_from_array(video)
+        if len(frames) == 0:
+            logger.warning("A video given as an array has no frames; its video is masked.")
+            return None
+        return frames[self.sample_frame_indices(len(frames))]
+
+    @staticmethod
+    def _frames_from_array(video) -> np.ndarray:
+        if isinstance(video, (list, tuple)):
+            if is_vision_available():
+                video = [
+                    np.asarray(frame.convert("RGB")) if isinstance(frame, PIL.Image.Image) else frame
+                    for frame in video
+                ]
+            video = np.stack(video) if video else np.zeros((0, 1, 1, 3), dtype=np.uint8)
+        frames = np.asarray(video)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"Decoded videos must be RGB frames of shape (T, H, W, 3), got shape {frames.shape}.")
+        return frames
+
+    def preprocess_frames(self, frames: np.ndarray) -> np.ndarray:
+        """Resizes, rescales and normalises uint8 (T, H, W, 3) frames into float32 (T, 3, height, width)."""
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+        target = (self.size["height"], self.size["width"])
+        if tuple(pixels.shape[-2:]) != target:
+            pixels = torch.nn.functional.interpolate(pixels, size=target, mode="bicubic", align_corners=False)
+        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std).view(1, 3, 1, 1)
+        return ((pixels * self.rescale_factor - mean) / std).numpy()
+
+    def extract(self, video) -> np.ndarray | None:
+        """Float32 (T, 3, height, width) model frames of one video, or `None` when it is absent or unusable."""
+        frames = self.fetch_frames(video)
+        return None if frames is None else self.preprocess_frames(frames)
+
+    def pad(self, items: list[np.ndarray | None]) -> dict[str, np.ndarray]:
+        """
+        Batches outputs of [`~MMEmotionVideoFeatureExtractor.extract`]: zero-pads to the longest clip.
+
+        Returns:
+            `dict` with `pixel_values_videos` (B, T, 3, H, W), `video_frame_mask` (B, T) and `video_mask` (B,).
+        """
+        item_shape = (3, self.size["height"], self.size["width"])
+        values, frame_mask, video_mask = _pad_items(items, self.num_frames, item_shape)
+        return {"pixel_values_videos": values, "video_frame_mask": frame_mask, "video_mask": video_mask}
+
+    def __call__(self, videos, return_tensors: str | TensorType | None = None) -> BatchFeature:
+        """
+        Prepares one video or a batch of videos for the model.
+
+        Args:
+            videos (`str`, `os.PathLike`, `np.ndarray`, `list` of those, or `None` items):
+                Video files or decoded frames; see [`~MMEmotionVideoFeatureExtractor.fetch_frames`].
+            return_tensors (`str` or [`~utils.TensorType`], *optional*):
+                `"pt"` for torch tensors, `None` or `"np"` for numpy arrays.
+
+        Returns:
+            [`BatchFeature`] with `pixel_values_videos`, `video_frame_mask` and `video_mask`.
+        """
+        videos = make_video_batch(videos)
+        return BatchFeature(self.pad([self.extract(video) for video in videos]), tensor_type=return_tensors)
+
+
+class MMEmotionAudioFeatureExtractor(FeatureExtractionMixin):
+    r"""
+    Constructs an ImageBind (VideoLLaMA audio branch) feature extractor.
+
+    The mono 16 kHz waveform is cut into `num_clips` clips of `clip_duration` seconds, placed like pytorchvideo's
+    `ConstantClipsPerVideoSampler` (spread evenly over the audio; audio shorter than a clip gives the whole audio in
+    every clip). Each clip minus its mean gives a Kaldi filterbank (Hanning window of 25 ms, 10 ms shift,
+    `num_mel_bins` bins, no dither, no energy), right-padded with zeros or cut to `target_length` frames, then
+    normalised with `mean` and `std`: one (1, num_mel_bins, target_length) image per clip.
+
+    Args:
+        sampling_rate (`int`, *optional*, defaults to 16000):
+            Sampling rate of the model; other waveforms are resampled to it.
+        num_clips (`int`, *optional*, defaults to 3):
+            Number of clips per item.
+        clip_duration (`float`, *optional*, defaults to 2.0):
+            Clip length in seconds.
+        num_mel_bins (`int`, *optional*, defaults to 128):
+            Number of mel filters.
+        target_length (`int`, *optional*, defaults to 204):
+            Number of filterbank frames per clip after padding / cutting.
+        mean (`float`, *optional*, defaults to -4.268):
+            Mean subtracted from the log-mel values (ImageBind's AudioSet statistics).
+        std (`float`, *optional*, defaults to 9.138):
+            Standard deviation the log-mel values are divided by.
+        decoder (`str`, *optional*, defaults to `"auto"`):
+            `"decord"`, `"pyav"`, or `"auto"` (decord when installed, PyAV when decord is missing or fails on a file).
+    """
+
+    model_input_names = ["audio_values", "audio_clip_mask", "audio_mask"]
+
+    def __init__(
+        self,
+        sampling_rate: int = 16000,
+        num_clips: int = 3,
+        clip_duration: float = 2.0,
+        num_mel_bins: int = 128,
+        target_length: int = 204,
+        mean: float = -4.268,
+        std: float = 9.138,
+        decoder: str = "auto",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_decoder(decoder)
+        self.sampling_rate = sampling_rate
+        self.num_clips = num_clips
+        self.clip_duration = clip_duration
+        self.num_mel_bins = num_mel_bins
+        self.target_length = target_length
+        self.mean = mean
+        self.std = std
+        self.decoder = decoder
+        # Kaldi frames: 25 ms Hanning window (symmetric), FFT size rounded up to a power of two.
+        frame_length = int(sampling_rate * FRAME_LENGTH_MS / 1000)
+        self.window = window_function(frame_length, "hann", periodic=False)
+        with warnings.catch_warnings():
+            # 128 Kaldi filters over 257 FFT bins leave the lowest filters empty, in torchaudio too: expected.
+            warnings.filterwarnings("ignore", message="At least one mel filter has all zero values")
+            self.mel_filters = mel_filter_bank(
+                num_frequency_bins=2 ** math.ceil(math.log2(frame_length)) // 2 + 1,
+                num_mel_filters=num_mel_bins,
+                min_frequency=20,
+                max_frequency=sampling_rate // 2,
+                sampling_rate=sampling_rate,
+                norm=None,
+                mel_scale="kaldi",
+                triangularize_in_mel_space=True,
+            )
+
+    def _read_waveform_with_decord(self, path: str) -> np.ndarray:
+        reader = decord.AudioReader(path, ctx=decord.cpu(0), sample_rate=self.sampling_rate, mono=True)
+        return reader[:].asnumpy().reshape(-1)
+
+    def _read_waveform_with_pyav(self, path: str) -> np.ndarray:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise MissingStreamError("no audio stream")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sampling_rate)
+            chunks = []
+            # `None` flushes the resampler after the last decoded frame.
+            for frame in [*container.decode(container.streams.audio[0]), None]:
+                chunks.extend(resampled.to_ndarray().reshape(-1) for resampled in resampler.resample(frame))
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+    def load_waveform(self, audio, sampling_rate: int | None = None) -> np.ndarray | None:
+        """
+        Returns one item's mono waveform at `self.sampling_rate` as float32, or `None` when the audio is absent or
+        unusable.
+
+        Args:
+            audio (`str`, `os.PathLike`, `np.ndarray`, `torch.Tensor` or `None`):
+                An audio or video file (its first audio stream, mixed down to mono), or a 1-D float waveform.
+            sampling_rate (`int`, *optional*):
+                Sampling rate of a waveform array; it is resampled when it differs from `self.sampling_rate`.
+
+        Raises:
+            `FileNotFoundError`: when `audio` is a path that does not exist.
+        """
+        if audio is None:
+            return None
+        if _is_path(audio):
+            path = os.fspath(audio)
+            readers = {"decord": self._read_waveform_with_decord, "pyav": self._read_waveform_with_pyav}
+            waveform = _decode_or_mask(path, self.decoder, readers, "audio")
+            if waveform is None:
+                return None
+            name = repr(path)
+        else:
+            waveform = self._resample(self._waveform_from_array(audio), sampling_rate)
+            name = "a waveform array"
+        if len(waveform) < len(self.window):
+            logger.warning(
+                f"The audio of {name} is shorter than one {FRAME_LENGTH_MS:g} ms analysis window; its audio is masked."
+            )
+            return None
+        return waveform.astype(np.float32, copy=False)
+
+    @staticmethod
+    def _waveform_from_array(audio) -> np.ndarray:
+        waveform = np.asarray(audio, dtype=np.float32)
+        if waveform.ndim != 1:
+            raise ValueError(f"Waveforms must be mono 1-D arrays, got shape {waveform.shape}.")
+        return waveform
+
+    def _resample(self, waveform: np.ndarray, sampling_rate: int | None) -> np.ndarray:
+        if sampling_rate is None:
+            logger.warning_once(
+                f"No `sampling_rate` given with waveform arrays: assuming {self.sampling_rate} Hz. Pass "
+                "`sampling_rate` to avoid silent errors."
+            )
+            return waveform
+        if sampling_rate == self.sampling_rate:
+            return waveform
+        if not is_scipy_available():
+            raise ImportError("Resampling a waveform needs scipy: `pip install scipy`.")
+        divisor = math.gcd(int(sampling_rate), self.sampling_rate)
+        return resample_poly(waveform, self.sampling_rate // divisor, int(sampling_rate) // divisor).astype(np.float32)
+
+    def clip_boundaries(self, num_samples: int) -> list[tuple[int, int]]:
+        """
+        Sample ranges of the clips of a waveform of `num_samples` samples, computed exactly like ImageBind's
+        `get_clip_timepoints` with pytorchvideo's `ConstantClipsPerVideoSampler` (fractions, truncated to samples).
+        """
+        clip_duration = Fraction(self.clip_duration)
+        duration = num_samples / self.sampling_rate
+        max_start = Fraction(max(duration - clip_duration, 0))
+        step = Fraction(max_start, max(self.num_clips - 1, 1))
+        boundaries = []
+        for index in range(self.num_clips):
+            start = step * index
+            boundaries.append((int(start * self.sampling_rate), int((start + clip_duration) * self.sampling_rate)))
+        return boundaries
+
+    def log_mel_filterbank(self, clip: np.ndarray) -> np.ndarray:
+        """
+        Kaldi log-mel filterbank of one clip (as `torchaudio.compliance.kaldi.fbank` with ImageBind's settings),
+        float32 (num_mel_bins, num_frames). The clip must hold at least one 25 ms window.
+        """
+        frame_length = len(self.window)
+        return spectrogram(
+            clip - clip.mean(),
+            self.window,
+            frame_length=frame_length,
+            hop_length=int(self.sampling_rate * FRAME_SHIFT_MS / 1000),
+            fft_length=2 ** math.ceil(math.log2(frame_length)),
+            power=2.0,
+            center=False,
+            preemphasis=0.97,
+            mel_filters=self.mel_filters,
+            log_mel="log",
+            mel_floor=KALDI_MEL_FLOOR,
+            remove_dc_offset=True,
+            dtype=np.float32,
+        )
+
+    def extract_clips(self, waveform: np.ndarray) -> np.ndarray:
+        """Normalised filterbank clips of a mono waveform, float32 (num_clips, 1, num_mel_bins, target_length)."""
+        clips = np.zeros((self.num_clips, 1, self.num_mel_bins, self.target_length), dtype=np.float32)
+        for index, (start, end) in enumerate(self.clip_boundaries(len(waveform))):
+            fbank = self.log_mel_filterbank(waveform[start:end].astype(np.float64))[:, : self.target_length]
+            # Right-padding with zeros happens before the normalisation, as in ImageBind.
+            clips[index, 0, :, : fbank.shape[1]] = fbank
+        return (clips - self.mean) / self.std
+
+    def extract(self, audio, sampling_rate: int | None = None) -> np.ndarray | None:
+        """Float32 (num_clips, 1, num_mel_bins, target_length) clips of one item, or `None` when absent or unusable."""
+        waveform = self.load_waveform(audio, sampling_rate=sampling_rate)
+        return None if waveform is None else self.extract_clips(waveform)
+
+    def pad(self, items: list[np.ndarray | None]) -> dict[str, np.ndarray]:
+        """
+        Batches outputs of [`~MMEmotionAudioFeatureExtractor.extract`]: zero-pads to the largest clip count.
+
+        Returns:
+            `dict` with `audio_values` (B, S, 1, num_mel_bins, target_length), `audio_clip_mask` (B, S) and
+            `audio_mask` (B,).
+        """
+        item_shape = (1, self.num_mel_bins, self.target_length)
+        values, clip_mask, audio_mask = _pad_items(items, self.num_clips, item_shape)
+        return {"audio_values": values, "audio_clip_mask": clip_mask, "audio_mask": audio_mask}
+
+    def __call__(
+        self,
+        audio,
+        sampling_rate: int | None = None,
+        return_tensors: str | TensorType | None = None,
+    ) -> BatchFeature:
+        """
+        Prepares one audio item or a batch of them for the model.
+
+        Args:
+            audio (`str`, `os.PathLike`, `np.ndarray`, `list` of those, or `None` items):
+                Audio / video files or 1-D waveforms; see [`~MMEmotionAudioFeatureExtractor.load_waveform`].
+            sampling_rate (`int`, *optional*):
+                Sampling rate of the waveform arrays.
+            return_tensors (`str` or [`~utils.TensorType`], *optional*):
+                `"pt"` for torch tensors, `None` or `"np"` for numpy arrays.
+
+        Returns:
+            [`BatchFeature`] with `audio_values`, `audio_clip_mask` and `audio_mask`.
+        """
+        audio = make_audio_batch(audio)
+        items = [self.extract(item, sampling_rate=sampling_rate) for item in audio]
+        return BatchFeature(self.pad(items), tensor_type=return_tensors)
+
+
+def make_video_batch(videos) -> list:
+    """Wraps a single video (a path, a (T, H, W, 3) array or a list of frames) into a batch of one."""
+    if _is_path(videos) or (hasattr(videos, "ndim") and videos.ndim == 4):
+        return [videos]
+    videos = list(videos)
+    first = next((video for video in videos if video is not None), None)
+    # A list of frames (3-D arrays or images) is one video, not a batch.
+    if first is not None and not _is_path(first) and not isinstance(first, (list, tuple)) and np.ndim(first) == 3:
+        return [videos]
+    return videos
+
+
+def make_audio_batch(audio) -> list:
+    """Wraps a single audio item (a path or a 1-D waveform) into a batch of one."""
+    if _is_path(audio) or (hasattr(audio, "ndim") and audio.ndim == 1):
+        return [audio]
+    return list(audio)
+
+
+class MMEmotionProcessor(ProcessorMixin):
+    r"""
+    Constructs an MMEmotion processor: a tokenizer for the transcripts, [`MMEmotionVideoFeatureExtractor`] for the
+    clips and [`MMEmotionAudioFeatureExtractor`] for their sound.
+
+    Args:
+        tokenizer ([`PreTrainedTokenizerBase`]):
+            Tokenizer of the text encoder.
+        video_feature_extractor ([`MMEmotionVideoFeatureExtractor`], *optional*):
+            Video preprocessing; the default one when not given.
+        audio_feature_extractor ([`MMEmotionAudioFeatureExtractor`], *optional*):
+            Audio preprocessing; the default one when not given.
+        use_audio_from_video (`bool`, *optional*, defaults to `True`):
+            When `audio` is not passed, take each video file's audio track.
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        video_feature_extractor=None,
+        audio_feature_extractor=None,
+        use_audio_from_video: bool = True,
+        **kwargs,
+    ):
+        self.use_audio_from_video = use_audio_from_video
+        super().__init__(
+            tokenizer=tokenizer,
+            video_feature_extractor=(
+                MMEmotionVideoFeatureExtractor() if video_feature_extractor is None else video_feature_extractor
+            ),
+            audio_feature_extractor=(
+                MMEmotionAudioFeatureExtractor() if audio_feature_extractor is None else audio_feature_extractor
+            ),
+            **kwargs,
+        )
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # The extractors are not registered in transformers' auto mappings: build them from their nested
+        # `processor_config.json` entries with this module's classes.
+        processor_dict = processor_dict or {}
+        tokenizer = cls._load_tokenizer_from_pretrained("tokenizer", pretrained_model_name_or_path, **kwargs)
+        extractors = []
+        for name, extractor_class in (
+            ("video_feature_extractor", MMEmotionVideoFeatureExtractor),
+            ("audio_feature_extractor", MMEmotionAudioFeatureExtractor),
+        ):
+            config = dict(processor_dict.get(name, {}))
+            # Bookkeeping entries written by `to_dict` / `save_pretrained`, not constructor arguments.
+            for key in ("feature_extractor_type", "auto_map"):
+                config.pop(key, None)
+            extractors.append(extractor_class(**config))
+        return [tokenizer, *extractors]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return (
+            ["input_ids", "attention_mask", "text_mask"]
+            + self.video_feature_extractor.model_input_names
+            + self.audio_feature_extractor.model_input_names
+        )
+
+    def __call__(
+        self,
+        text: str | list[str | None] | None = None,
+        videos=None,
+        audio=None,
+        sampling_rate: int | None = None,
+        use_audio_from_video: bool | None = None,
+        return_tensors: str | TensorType | None = TensorType.PYTORCH,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Prepares a batch of utterances (transcript, clip, sound) for the model.
+
+        Args:
+            text (`str` or `list[str]`, *optional*):
+                Transcripts. Empty or whitespace-only ones (or `None`) get `text_mask` 0.
+            videos (`str`, `os.PathLike`, `np.ndarray`, or a list of those / `None`, *optional*):
+                mp4 paths or decoded uint8 (T, H, W, 3) frames, one per item.
+            audio (`str`, `os.PathLike`, `np.ndarray`, or a list of those / `None`, *optional*):
+                Audio / video files or 1-D float waveforms, one per item.
+            sampling_rate (`int`, *optional*):
+                Sampling rate of waveform arrays in `audio`.
+            use_audio_from_video (`bool`, *optional*):
+                Overrides `self.use_audio_from_video` for this call: when `audio` is `None`, read the audio of the
+                video files (items given as arrays get no audio).
+            return_tensors (`str` or [`~utils.TensorType`], *optional*, defaults to `"pt"`):
+                `"pt"` for torch tensors, `"np"` for numpy arrays.
+            **kwargs:
+                Passed to the tokenizer (`padding` defaults to `True`, `truncation` to `True`; `max_length`, ...).
+
+        Returns:
+            [`BatchFeature`] with `input_ids`, `attention_mask`, `text_mask` (text); `pixel_values_videos`,
+            `video_frame_mask`, `video_mask` (videos); `audio_values`, `audio_clip_mask`, `audio_mask` (audio). Masks
+            are int64.
+        """
+        if text is None and videos is None and audio is None:
+            raise ValueError("Pass at least one of `text`, `videos` or `audio`.")
+        text = [text] if isinstance(text, str) else text
+        videos = make_video_batch(videos) if videos is not None else None
+        audio = make_audio_batch(audio) if audio is not None else None
+        lengths = {
+            name: len(items)
+            for name, items in (("text", text), ("videos", videos), ("audio", audio))
+            if items is not None
+        }
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"`text`, `videos` and `audio` must have one entry per item, got lengths {lengths}.")
+
+        if use_audio_from_video is None:
+            use_audio_from_video = self.use_audio_from_video
+        if audio is None and videos is not None and use_audio_from_video and any(_is_path(video) for video in videos):
+            audio = [video if _is_path(video) else None for video in videos]
+
+        data = {}
+        if text is not None:
+            data.update(self._tokenize(text, return_tensors=return_tensors, **kwargs))
+        if videos is not None:
+            data.update(self.video_feature_extractor(videos))
+        if audio is not None:
+            data.update(self.audio_feature_extractor(audio, sampling_rate=sampling_rate))
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def _tokenize(self, text: list[str | None], **kwargs) -> dict:
+        """Tokenizes the transcripts and adds `text_mask`, warning about the empty ones."""
+        text_mask = np.ones(len(text), dtype=np.int64)
+        for index, transcript in enumerate(text):
+            if transcript is None or not transcript.strip():
+                logger.warning(f"The transcript of item {index} is empty; its text is masked.")
+                text_mask[index] = 0
+        kwargs.setdefault("padding", True)
+        kwargs.setdefault("truncation", True)
+        # The model takes input_ids and attention_mask only.
+        kwargs.setdefault("return_token_type_ids", False)
+        encoding = self.tokenizer([transcript or "" for transcript in text], **kwargs)
+        return {**encoding, "text_mask": text_mask}
+
+
+MMEmotionProcessor.register_for_auto_class()
+
+__all__ = ["MMEmotionAudioFeatureExtractor", "MMEmotionProcessor", "MMEmotionVideoFeatureExtractor"]
