@@ -49,6 +49,11 @@ from transformers.audio_utils import mel_filter_bank, spectrogram, window_functi
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import TensorType, logging
+
+try:  # loaded as remote code (a package made by transformers) or as part of the `mmemotion` package
+    from .configuration_mmemotion import MMEmotionConfig
+except ImportError:  # imported as a top-level module from the repository root (train.py, tests)
+    from configuration_mmemotion import MMEmotionConfig
 from transformers.utils.import_utils import (
     is_av_available,
     is_decord_available,
@@ -590,6 +595,15 @@ def make_audio_batch(audio) -> list:
     return list(audio)
 
 
+def _load_mmemotion_config(pretrained_model_name_or_path, **kwargs):
+    """The folder's `MMEmotionConfig`, or `None` for a processor-only folder (no `config.json`)."""
+    hub_kwargs = {key: kwargs[key] for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if key in kwargs}
+    try:
+        return MMEmotionConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+    except (OSError, ValueError):  # no config.json, or one of another model type
+        return None
+
+
 class MMEmotionProcessor(ProcessorMixin):
     r"""
     Constructs an MMEmotion processor: a tokenizer for the transcripts, [`MMEmotionVideoFeatureExtractor`] for the
@@ -631,6 +645,10 @@ class MMEmotionProcessor(ProcessorMixin):
         # The extractors are not registered in transformers' auto mappings: build them from their nested
         # `processor_config.json` entries with this module's classes.
         processor_dict = processor_dict or {}
+        if "config" not in kwargs:
+            # AutoTokenizer reads the model config first; the folder's `auto_map` would make it ask whether to trust
+            # remote code even though the tokenizer is a stock one. Hand it the config through this module's class.
+            kwargs["config"] = _load_mmemotion_config(pretrained_model_name_or_path, **kwargs)
         tokenizer = cls._load_tokenizer_from_pretrained("tokenizer", pretrained_model_name_or_path, **kwargs)
         extractors = []
         for name, extractor_class in (
