@@ -18,8 +18,13 @@ Data flow of one utterance (shapes for the default VideoLLaMA-13B sizes):
 Each modality: Linear(width -> projection_size) then masked mean or attention pooling -> one vector; a modality absent
 for an item (no clip, no audio track, empty transcript) is replaced by a learned "missing" vector of that modality;
 the vectors are concatenated in `config.modalities` order and fed to the task head.
+
+The emotion-cause model (`MMEmotionForEmotionCauseExtraction`) does this for every utterance of a conversation, then
+runs a conversation encoder (BiLSTM or transformer) over the utterance vectors and scores the emotion of each utterance
+and every (emotion utterance, candidate cause) pair within `config.cause_window`.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +93,16 @@ def _scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     output = values.new_zeros(*mask.shape, *values.shape[1:])
     output[mask] = values
     return output
+
+
+def _emotion_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, config: MMEmotionConfig) -> torch.Tensor:
+    """Cross-entropy over the last dimension of `logits`, -100 labels ignored, with `config.class_weights` if set."""
+    weight = None
+    if config.class_weights is not None:
+        weight = torch.tensor(config.class_weights, dtype=logits.dtype, device=logits.device)
+    return nn.functional.cross_entropy(
+        logits.flatten(0, -2), labels.to(logits.device).flatten(), weight=weight, ignore_index=-100
+    )
 
 
 class VideoLlamaVideoEncoder(nn.Module):
@@ -546,23 +561,324 @@ class MMEmotionForEmotionClassification(MMEmotionPreTrainedModel):
         """
         outputs = self.mmemotion(**inputs)
         logits = self.classifier(outputs.pooler_output)
-        loss = None
-        if labels is not None:
-            weight = None
-            if self.config.class_weights is not None:
-                weight = torch.tensor(self.config.class_weights, dtype=logits.dtype, device=logits.device)
-            loss = nn.functional.cross_entropy(logits, labels.to(logits.device), weight=weight, ignore_index=-100)
+        loss = None if labels is None else _emotion_cross_entropy(logits, labels, self.config)
         return MMEmotionClassifierOutput(
             loss=loss, logits=logits, pooler_output=outputs.pooler_output, modality_mask=outputs.modality_mask
         )
 
+
+@dataclass
+class MMEmotionEmotionCauseOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` or `cause_labels` is provided):
+        `emotion_loss_weight` x the emotion cross-entropy + `cause_loss_weight` x the pair binary cross-entropy.
+    emotion_logits (`torch.FloatTensor` of shape `(num_conversations, max_utterances, num_labels)`):
+        Emotion scores of every utterance, computed from its context-aware state. Rows of padding utterances are
+        meaningless.
+    cause_logits (`torch.FloatTensor` of shape `(num_conversations, max_utterances, max_utterances)`):
+        `cause_logits[c, i, j]` scores "utterance j causes the emotion of utterance i". Pairs farther apart than
+        `config.cause_window` or touching a padding utterance hold the dtype's lowest value (probability 0).
+    utterance_states (`torch.FloatTensor` of shape `(num_conversations, max_utterances, context_hidden_size)`):
+        Output of the conversation encoder (zeros at padding utterances).
+    utterance_embeds (`torch.FloatTensor` of shape `(num_conversations, max_utterances, num_modalities * projection_size)`):
+        The fused vector of each utterance, before the conversation encoder (zeros at padding utterances).
+    """
+
+    loss: torch.FloatTensor | None = None
+    emotion_logits: torch.FloatTensor | None = None
+    cause_logits: torch.FloatTensor | None = None
+    utterance_states: torch.FloatTensor | None = None
+    utterance_embeds: torch.FloatTensor | None = None
+
+
+def _sinusoidal_positions(num_positions: int, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(num_positions, size) sine/cosine position encodings: any conversation length, no parameter or buffer."""
+    positions = torch.arange(num_positions, device=device, dtype=torch.float32)[:, None]
+    frequencies = torch.exp(torch.arange(0, size, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / size))
+    encodings = torch.zeros(num_positions, size, device=device, dtype=torch.float32)
+    encodings[:, 0::2] = torch.sin(positions * frequencies)
+    encodings[:, 1::2] = torch.cos(positions * frequencies[: size // 2])
+    return encodings.to(dtype)
+
+
+def _candidate_pairs(utterance_mask: torch.Tensor, cause_window: int) -> torch.Tensor:
+    """(C, U, U) bool: both utterances real and at most `cause_window` apart."""
+    positions = torch.arange(utterance_mask.shape[1], device=utterance_mask.device)
+    in_window = (positions[None, :] - positions[:, None]).abs() <= cause_window
+    return utterance_mask[:, :, None] & utterance_mask[:, None, :] & in_window
+
+
+class MMEmotionConversationEncoder(nn.Module):
+    """Utterance vectors + speaker embeddings -> context-aware utterance states, padding utterances excluded.
+
+    `"bilstm"` runs a bidirectional LSTM over packed sequences (as the seed's joint model); `"transformer"` a pre-norm
+    transformer encoder with sinusoidal utterance positions and a key padding mask.
+    """
+
+    def __init__(self, config: MMEmotionConfig, input_size: int):
+        super().__init__()
+        self.context_encoder = config.context_encoder
+        self.max_speakers = config.max_speakers
+        hidden_size = config.context_hidden_size
+        self.speaker_embedding = nn.Embedding(config.max_speakers, input_size)
+        if self.context_encoder == "bilstm":
+            if hidden_size % 2:
+                raise ValueError(f"`context_hidden_size` must be even for a BiLSTM (two directions), got {hidden_size}.")
+            self.lstm = nn.LSTM(
+                input_size,
+                hidden_size // 2,
+                num_layers=config.context_num_layers,
+                batch_first=True,
+                bidirectional=True,
+                dropout=config.classifier_dropout if config.context_num_layers > 1 else 0.0,
+            )
+        else:
+            self.input_projection = nn.Linear(input_size, hidden_size)
+            layer = nn.TransformerEncoderLayer(
+                hidden_size,
+                config.context_num_heads,
+                dim_feedforward=4 * hidden_size,
+                dropout=config.classifier_dropout,
+                batch_first=True,
+                norm_first=True,
+            )
+            # Nested tensors would drop padding rows from the output; the padding mask already isolates them.
+            self.transformer = nn.TransformerEncoder(layer, config.context_num_layers, enable_nested_tensor=False)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+
+    def forward(self, utterance_embeds: torch.Tensor, speaker_ids: torch.Tensor, utterance_mask: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            utterance_embeds (`torch.FloatTensor` of shape `(num_conversations, max_utterances, input_size)`)
+            speaker_ids (`torch.LongTensor` of shape `(num_conversations, max_utterances)`):
+                Per-conversation speaker numbers; those past `max_speakers - 1` share the last embedding.
+            utterance_mask (`torch.BoolTensor` of shape `(num_conversations, max_utterances)`):
+                True for real utterances, which come first in each conversation.
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_conversations, max_utterances, context_hidden_size)`, zeros at padding.
+        """
+        hidden_states = utterance_embeds + self.speaker_embedding(speaker_ids.clamp(0, self.max_speakers - 1))
+        if self.context_encoder == "bilstm":
+            # Packing stops the backward direction from starting on padding utterances.
+            packed = nn.utils.rnn.pack_padded_sequence(
+                hidden_states, utterance_mask.sum(dim=1).cpu(), batch_first=True, enforce_sorted=False
+            )
+            states, _ = nn.utils.rnn.pad_packed_sequence(
+                self.lstm(packed)[0], batch_first=True, total_length=hidden_states.shape[1]
+            )
+        else:
+            hidden_states = self.input_projection(hidden_states)
+            hidden_states = hidden_states + _sinusoidal_positions(
+                hidden_states.shape[1], hidden_states.shape[2], hidden_states.device, hidden_states.dtype
+            )
+            states = self.transformer(hidden_states, src_key_padding_mask=~utterance_mask)
+        return self.dropout(states * utterance_mask[..., None])
+
+
+class MMEmotionCausePairScorer(nn.Module):
+    """One logit per (emotion utterance i, candidate cause j) from both states, i's emotion distribution, the clipped
+    relative position j - i and a same-speaker flag, through a one-hidden-layer MLP.
+
+    The MLP's first layer over `concat(h_i, h_j, p_i, position(j - i), same_speaker(i, j))` is written as a sum of
+    per-part projections (embeddings for the two discrete parts), which is the same function but broadcasts to
+    (C, U, U, hidden) instead of materialising the (C, U, U, 2 * context_hidden_size + ...) concatenation.
+    """
+
+    def __init__(self, config: MMEmotionConfig):
+        super().__init__()
+        hidden_size = config.classifier_hidden_size
+        self.cause_window = config.cause_window
+        self.emotion_state_projection = nn.Linear(config.context_hidden_size, hidden_size)
+        self.cause_state_projection = nn.Linear(config.context_hidden_size, hidden_size, bias=False)
+        self.emotion_distribution_projection = nn.Linear(config.num_labels, hidden_size, bias=False)
+        self.relative_position_embedding = nn.Embedding(2 * config.cause_window + 1, hidden_size)
+        self.same_speaker_embedding = nn.Embedding(2, hidden_size)
+        self.activation = nn.ReLU()
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.out_proj = nn.Linear(hidden_size, 1)
+
+    def forward(self, utterance_states: torch.Tensor, emotion_probabilities: torch.Tensor, speaker_ids: torch.Tensor) -> torch.Tensor:
+        """(C, U, H) states, (C, U, num_labels) emotion probabilities, (C, U) speakers -> (C, U, U) pair logits."""
+        positions = torch.arange(utterance_states.shape[1], device=utterance_states.device)
+        offsets = (positions[None, :] - positions[:, None]).clamp(-self.cause_window, self.cause_window) + self.cause_window
+        same_speaker = (speaker_ids[:, :, None] == speaker_ids[:, None, :]).long()
+        emotion_part = self.emotion_state_projection(utterance_states) + self.emotion_distribution_projection(emotion_probabilities)
+        hidden_states = (
+            emotion_part[:, :, None]
+            + self.cause_state_projection(utterance_states)[:, None, :]
+            + self.relative_position_embedding(offsets)
+            + self.same_speaker_embedding(same_speaker)
+        )
+        return self.out_proj(self.dropout(self.activation(hidden_states))).squeeze(-1)
+
+
+class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
+    """MMEmotion over whole conversations: utterance emotions in context and emotion-cause pairs (SemEval-2024 Task 3
+    subtask 2; the seed's `joint_classification_0` with the default BiLSTM).
+
+    Every utterance is encoded by `MMEmotionModel`; the fused vectors plus speaker embeddings go through a conversation
+    encoder; the context states give the emotion logits and, with the emotion distributions, the pair logits.
+    """
+
+    # Keyword inputs of `MMEmotionModel`, given here with a leading (num_conversations, max_utterances) shape.
+    utterance_input_names = (
+        "input_ids",
+        "attention_mask",
+        "text_mask",
+        "pixel_values_videos",
+        "video_frame_mask",
+        "video_mask",
+        "audio_values",
+        "audio_clip_mask",
+        "audio_mask",
+        "text_features",
+        "video_features",
+        "audio_features",
+    )
+
+    def __init__(self, config: MMEmotionConfig):
+        super().__init__(config)
+        self.mmemotion = MMEmotionModel(config)
+        fused_size = len(config.modalities) * config.projection_size
+        self.context_encoder = MMEmotionConversationEncoder(config, fused_size)
+        # Not `classifier`: an utterance classifier checkpoint's head has another input width and must not load here.
+        self.emotion_classifier = MMEmotionClassificationHead(config, config.context_hidden_size)
+        self.pair_scorer = MMEmotionCausePairScorer(config)
+        self.post_init()
+
+    @property
+    def neutral_label_id(self) -> int:
+        return int(self.config.label2id.get("neutral", 0))
+
+    def get_input_embeddings(self):
+        return self.mmemotion.get_input_embeddings()
+
+    def forward(
+        self,
+        utterance_mask: torch.LongTensor,
+        speaker_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        cause_labels: torch.LongTensor | None = None,
+        **inputs,
+    ) -> MMEmotionEmotionCauseOutput:
+        r"""
+        utterance_mask (`torch.LongTensor` of shape `(num_conversations, max_utterances)`):
+            1 for real utterances, which come first in each conversation; every conversation has at least one.
+        speaker_ids (`torch.LongTensor` of shape `(num_conversations, max_utterances)`, *optional*):
+            Speaker number of each utterance within its conversation (0, 1, ... in order of first appearance).
+            Defaults to one speaker.
+        labels (`torch.LongTensor` of shape `(num_conversations, max_utterances)`, *optional*):
+            Emotion ids; -100 (padding, unlabelled utterances) is ignored.
+        cause_labels (`torch.LongTensor` of shape `(num_conversations, max_utterances, max_utterances)`, *optional*):
+            `cause_labels[c, i, j]` is 1 when utterance j causes the emotion of utterance i, 0 when it does not, -100
+            when unknown. Pairs outside `config.cause_window` and padding are ignored whatever they hold. When `labels`
+            is given, only rows whose gold emotion is not neutral are trained: decoding only reads the rows of
+            utterances predicted non-neutral, and a neutral row (no cause by definition) would add a row of negatives
+            that teaches nothing about which candidate is the cause. The positive pairs are weighted by
+            `config.cause_positive_weight`, or by the batch's ratio of negatives to positives when it is `None`.
+        inputs:
+            The utterance-level inputs of `MMEmotionModel` (`utterance_input_names`: the processor's keys or the cached
+            `text_features` / `video_features` / `audio_features`), each with a leading `(num_conversations,
+            max_utterances)` shape; their padding utterances are never encoded. Other keywords are ignored.
+        """
+        utterance_mask = utterance_mask.bool()
+        lengths = utterance_mask.sum(dim=1)
+        positions = torch.arange(utterance_mask.shape[1], device=utterance_mask.device)
+        if not torch.equal(utterance_mask, positions[None, :] < lengths[:, None]) or not bool((lengths > 0).all()):
+            raise ValueError("`utterance_mask` must mark at least one utterance per conversation, real utterances first.")
+        flat_inputs = {
+            name: value[utterance_mask]
+            for name, value in inputs.items()
+            if name in self.utterance_input_names and value is not None
+        }
+        utterance_embeds = _scatter_rows(self.mmemotion(**flat_inputs).pooler_output, utterance_mask)
+        if speaker_ids is None:
+            speaker_ids = torch.zeros_like(utterance_mask, dtype=torch.long)
+        utterance_states = self.context_encoder(utterance_embeds, speaker_ids, utterance_mask)
+        emotion_logits = self.emotion_classifier(utterance_states)
+        cause_logits = self.pair_scorer(utterance_states, emotion_logits.softmax(dim=-1), speaker_ids)
+        candidates = _candidate_pairs(utterance_mask, self.config.cause_window)
+        cause_logits = cause_logits.masked_fill(~candidates, torch.finfo(cause_logits.dtype).min)
+
+        loss = None
+        if labels is not None:
+            loss = self.config.emotion_loss_weight * _emotion_cross_entropy(emotion_logits, labels, self.config)
+        if cause_labels is not None:
+            cause_loss = self.config.cause_loss_weight * self._cause_loss(cause_logits, cause_labels, candidates, labels)
+            loss = cause_loss if loss is None else loss + cause_loss
+        return MMEmotionEmotionCauseOutput(
+            loss=loss,
+            emotion_logits=emotion_logits,
+            cause_logits=cause_logits,
+            utterance_states=utterance_states,
+            utterance_embeds=utterance_embeds,
+        )
+
+    def _cause_loss(
+        self, cause_logits: torch.Tensor, cause_labels: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        cause_labels = cause_labels.to(cause_logits.device)
+        trained = candidates & (cause_labels != -100)
+        if labels is not None:
+            labels = labels.to(cause_logits.device)
+            trained = trained & ((labels != -100) & (labels != self.neutral_label_id))[:, :, None]
+        logits, targets = cause_logits[trained], cause_labels[trained].to(cause_logits.dtype)
+        if targets.numel() == 0:
+            return cause_logits.sum() * 0.0  # keeps the graph (and DDP's used-parameter bookkeeping) intact
+        positive_weight = self.config.cause_positive_weight
+        if positive_weight is None:
+            positives = targets.sum()
+            positive_weight = torch.where(positives > 0, (targets.numel() - positives) / positives.clamp(min=1), 1.0)
+        positive_weight = torch.as_tensor(positive_weight, dtype=logits.dtype, device=logits.device)
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=positive_weight)
+
+    @torch.no_grad()
+    def decode_pairs(
+        self,
+        emotion_logits: torch.Tensor,
+        cause_logits: torch.Tensor,
+        utterance_mask: torch.Tensor,
+        threshold: float | None = None,
+    ) -> list[list[tuple[int, int]]]:
+        r"""
+        The SemEval-2024 Task 3 subtask-2 pairs of each conversation: every utterance predicted non-neutral (argmax of
+        `emotion_logits`) gets the candidate causes whose probability (sigmoid of `cause_logits`) is at least
+        `threshold`, and always its most probable cause, so that no emotion utterance is left without a cause.
+
+        Args:
+            emotion_logits (`torch.FloatTensor` of shape `(num_conversations, max_utterances, num_labels)`)
+            cause_logits (`torch.FloatTensor` of shape `(num_conversations, max_utterances, max_utterances)`):
+                As returned by `forward` (non-candidate pairs at the lowest value).
+            utterance_mask (`torch.LongTensor` of shape `(num_conversations, max_utterances)`)
+            threshold (`float`, *optional*):
+                Defaults to `config.cause_threshold`.
+
+        Returns:
+            One list per conversation of 0-based `(emotion_utterance_index, cause_utterance_index)`, sorted; the
+            emotion of a pair is the predicted emotion of its first utterance (what `ecf.write_predictions` writes).
+        """
+        threshold = self.config.cause_threshold if threshold is None else threshold
+        utterance_mask = utterance_mask.bool()
+        emotion_utterances = utterance_mask & (emotion_logits.argmax(dim=-1) != self.neutral_label_id)
+        most_probable = nn.functional.one_hot(cause_logits.argmax(dim=-1), cause_logits.shape[-1]).bool()
+        selected = (torch.sigmoid(cause_logits.float()) >= threshold) | most_probable
+        selected &= _candidate_pairs(utterance_mask, self.config.cause_window) & emotion_utterances[:, :, None]
+        pairs = [[] for _ in range(selected.shape[0])]
+        for conversation, emotion_index, cause_index in selected.nonzero().tolist():
+            pairs[conversation].append((emotion_index, cause_index))
+        return pairs
+
+
 # `save_pretrained` then copies this file and configuration_mmemotion.py next to the weights (remote code).
 MMEmotionModel.register_for_auto_class("AutoModel")
 MMEmotionForEmotionClassification.register_for_auto_class("AutoModel")
+MMEmotionForEmotionCauseExtraction.register_for_auto_class("AutoModel")
 
 
 __all__ = [
     "ImageBindAudioModel",
+    "MMEmotionForEmotionCauseExtraction",
     "MMEmotionForEmotionClassification",
     "MMEmotionModel",
     "MMEmotionPreTrainedModel",
