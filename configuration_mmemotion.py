@@ -193,6 +193,10 @@ class MMEmotionConfig(PreTrainedConfig):
         pooling (`str`, *optional*, defaults to `"attention"`):
             How each modality's token sequence becomes one vector, honouring padding: `"mean"` (seed experiment 0)
             or `"attention"` (additive attention pooling, seed experiments 1+).
+        feature_norm (`bool`, *optional*, defaults to `True`):
+            Whether each modality's encoder features go through a layer norm before the projection. The seed's
+            experiments had none (their presets set it to `False`); frozen features of very small scale, such as LLaMA
+            input embeddings, need it for the head to learn.
         projection_size (`int`, *optional*, defaults to 512):
             Width of the per-modality projection applied before pooling.
         attention_size (`int`, *optional*, defaults to 128):
@@ -257,6 +261,7 @@ class MMEmotionConfig(PreTrainedConfig):
     freeze_video_encoder: bool = True
     freeze_audio_encoder: bool = True
     pooling: Literal["mean", "attention"] = "attention"
+    feature_norm: bool = True
     projection_size: int = 512
     attention_size: int = 128
     classifier_hidden_size: int = 512

@@ -317,15 +317,18 @@ class MMEmotionPooling(nn.Module):
 
 
 class MMEmotionModalityPooler(nn.Module):
-    """Projects one modality's tokens to `projection_size` and pools them to one vector."""
+    """Normalises one modality's tokens (optional), projects them to `projection_size` and pools them to one vector."""
 
     def __init__(self, config: MMEmotionConfig, input_size: int):
         super().__init__()
+        # Frozen encoders output features at very different scales (LLaMA input embeddings are ~100x smaller than a
+        # BERT last hidden state): without the norm, a head on small features barely moves from chance.
+        self.feature_norm = nn.LayerNorm(input_size) if config.feature_norm else nn.Identity()
         self.projection = nn.Linear(input_size, config.projection_size)
         self.pooling = MMEmotionPooling(config)
 
     def forward(self, features: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        return self.pooling(self.projection(features), token_mask)
+        return self.pooling(self.projection(self.feature_norm(features)), token_mask)
 
 
 class MMEmotionPreTrainedModel(PreTrainedModel):
