@@ -1,0 +1,1 @@
+"""Benchmarks of mmemotion: `python benchmarks/run.py [--quick]` (see benchmarks/README.md)."""
