@@ -492,7 +492,11 @@ def training_epoch(
 
 
 def scaling_utterances(clip: str, counts: list[int], repeats: int, workers: int, batch_size: int) -> list[dict]:
-    """Time to build the tiny preset's feature cache (processor behind a DataLoader + encoders) vs the number of utterances."""
+    """
+    Time to build the tiny preset's feature cache (the processor in DataLoader workers, the encoders in this process)
+    vs the number of utterances, with torch's default number of threads in this process and with one: the workers
+    keep the cores busy, and busy cores stall torch's OpenMP threads.
+    """
     _, collate = _tiny_processor_collator()
     model = MMEmotionForEmotionClassification(load_config("tiny")).eval()
 
@@ -501,11 +505,15 @@ def scaling_utterances(clip: str, counts: list[int], repeats: int, workers: int,
             for batch in loader:
                 model.mmemotion.encode_modalities(**batch)
 
-    rows = []
-    for count in counts:
-        loader = DataLoader([clip] * count, batch_size=batch_size, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0)
-        seconds = median_seconds(partial(build_cache, loader), repeats)
-        rows.append({"utterances": count, "seconds": seconds, "ms_per_utterance": seconds / count * 1000})
+    rows, default_threads = [], torch.get_num_threads()
+    for threads in sorted({default_threads, 1}, reverse=True):
+        torch.set_num_threads(threads)
+        for count in counts:
+            loader = DataLoader([clip] * count, batch_size=batch_size, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0)
+            seconds = median_seconds(partial(build_cache, loader), repeats)
+            row = {"utterances": count, "workers": workers, "threads": threads, "seconds": seconds}
+            rows.append({**row, "ms_per_utterance": seconds / count * 1000})
+    torch.set_num_threads(default_threads)
     return rows
 
 

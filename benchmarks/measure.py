@@ -1,6 +1,5 @@
 """Timing, memory and machine-description helpers shared by the benchmark cases."""
 
-import datetime
 import importlib.metadata
 import os
 import platform
@@ -74,7 +73,7 @@ def _version(package: str) -> str | None:
 def machine_info() -> dict:
     """The machine and software the figures were measured on."""
     info = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

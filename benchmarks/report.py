@@ -73,14 +73,29 @@ def headlines(results: dict) -> list[str]:
                 line += f" ({_number(flops['mid'])} GFLOP)"
         lines.append(line + ".")
     for seconds in sorted({row["seconds"] for row in video}):
-        torch_resize = _find(video, seconds=seconds, decoder="decord", mode="sampled, torch resize", workers=0)
-        decoder_resize = _find(video, seconds=seconds, decoder="decord", mode="sampled, decoder resize", workers=0)
-        everything = _find(video, seconds=seconds, decoder="decord", mode="all frames", workers=0)
+        ratios = []
+        for decoder in ("decord", "pyav"):
+            rates = {mode: _find(video, seconds=seconds, decoder=decoder, mode=mode, workers=0)["clips_per_s"] for mode in ("all frames", "sampled, torch resize", "sampled, decoder resize")}
+            ratios.append(
+                f"{decoder} {rates['sampled, decoder resize'] / rates['sampled, torch resize']:.2f}x / "
+                f"{rates['sampled, decoder resize'] / rates['all frames']:.1f}x"
+            )
         lines.append(
-            f"- {seconds} s clips (decord, no worker): sampled frames with decoder-side resizing are "
-            f"{decoder_resize['clips_per_s'] / torch_resize['clips_per_s']:.2f}x as fast as with torch resizing and "
-            f"{decoder_resize['clips_per_s'] / everything['clips_per_s']:.1f}x as fast as decoding every frame."
+            f"- {seconds} s clips, no worker: sampled frames resized by the decoder vs by torch / vs decoding every "
+            f"frame: {'; '.join(ratios)}."
         )
+    cache_building = _rows(results, "scaling_utterances")
+    if cache_building:
+        largest = max(row["utterances"] for row in cache_building)
+        by_threads = {row["threads"]: row for row in cache_building if row["utterances"] == largest}
+        if len(by_threads) > 1:
+            default, single = by_threads[max(by_threads)], by_threads[1]
+            lines.append(
+                f"- Building the tiny feature cache with {default['workers']} workers: "
+                f"{_number(default['ms_per_utterance'])} ms/utterance with {default['threads']} torch threads in the main "
+                f"process, {_number(single['ms_per_utterance'])} ms with 1 "
+                f"({default['ms_per_utterance'] / single['ms_per_utterance']:.1f}x): busy cores stall OpenMP threads."
+            )
     for row in _rows(results, "fbank_implementations"):
         lines.append(
             f"- Filterbank of a {row['clip_seconds']:g} s clip: {_number(row['extractor_ms'])} ms vs "
@@ -189,14 +204,14 @@ def _training_section(results: dict) -> list[str]:
     jobs = _jobs(results, "training_epoch")
     if not jobs:
         return []
-    header = ["preset", "device", "mode", "utterances", "epoch s", "utterances/s", "cache build s", "trainable params", "peak RSS MiB", "CUDA peak MiB"]
+    header = ["preset", "device", "mode", "utterances", "batch", "epoch s", "utterances/s", "cache build s", "trainable params", "peak RSS MiB", "CUDA peak MiB"]
     table = []
     for job in jobs:
         row = job["rows"][0]
         table.append(
-            [row["preset"], row["device"], row["mode"], row["utterances"], row["epoch_s"], row["utterances_per_s"], row["cache_build_s"], row["trainable_parameters"], job["peak_rss_mb"], row["cuda_peak_mb"]]
+            [row["preset"], row["device"], row["mode"], row["utterances"], row["batch_size"], row["epoch_s"], row["utterances_per_s"], row["cache_build_s"], row["trainable_parameters"], job["peak_rss_mb"], row["cuda_peak_mb"]]
         )
-    title = "## Training: one epoch, frozen encoders (batch 8; `lora` = LoRA r=8 on the text embeddings + cached video/audio)"
+    title = "## Training: one epoch with frozen encoders (`lora`: LoRA r=8 on the text embeddings, video and audio cached)"
     return [title, ""] + _table(header, table)
 
 
@@ -204,8 +219,12 @@ def _scaling_section(results: dict) -> list[str]:
     lines = []
     rows = _rows(results, "scaling_utterances")
     if rows:
-        lines += ["## Scaling: building the tiny preset's feature cache from clips vs number of utterances", ""]
-        lines += _table(["utterances", "seconds", "ms/utterance"], [[row["utterances"], row["seconds"], row["ms_per_utterance"]] for row in rows])
+        title = (
+            f"## Scaling: building the tiny preset's feature cache from clips ({rows[0]['workers']} workers run the "
+            "processor, this process the encoders) vs number of utterances and torch threads of this process"
+        )
+        table = [[row["utterances"], row["threads"], row["seconds"], row["ms_per_utterance"]] for row in rows]
+        lines += [title, ""] + _table(["utterances", "torch threads", "seconds", "ms/utterance"], table)
     rows = _rows(results, "scaling_frames")
     if rows:
         lines += ["## Scaling: frames per clip (decord, decoder resize; tiny video branch, batch 8)", ""]
