@@ -1,0 +1,999 @@
+#!/usr/bin/env python
+# Copyright 2026 The mmemotion authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+"""Train, evaluate and predict with MMEmotion models on ECF / SemEval-2024 Task 3 data.
+
+The output folder is a self-contained Hub model repository (weights, `auto_map`, the remote-code files, the processor
+and a model card), pushed with `--push_to_hub --hub_model_id user/name`.
+
+Frozen text encoder (the default recipe): the encoder outputs are computed once and cached on disk, then only the
+fusion head trains.
+
+    accelerate launch train.py --task emotion \
+        --text_model_name_or_path sentence-transformers/all-MiniLM-L6-v2 --modalities text \
+        --text_embedding last_hidden_state \
+        --train_file Subtask_2_train.json --validation_conversation_ids dev_conversation_ids.json \
+        --do_train --do_eval --output_dir runs/minilm-frozen
+
+LoRA on the text encoder (`--lora_r 8`), a seed preset with video (`--config_name exp1 --video_dir clips/`), or
+continuing from a checkpoint (`--model_name_or_path runs/minilm-frozen`) use the same command line.
+"""
+
+import hashlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import evaluate
+import numpy as np
+import torch
+import transformers
+from datasets.fingerprint import Hasher
+from huggingface_hub import ModelCard, ModelCardData
+from peft import LoraConfig, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    EvalPrediction,
+    HfArgumentParser,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import IntervalStrategy, PredictionOutput
+
+import ecf
+from configuration_mmemotion import MMEmotionConfig
+from modeling_mmemotion import MMEmotionForEmotionClassification
+from processing_mmemotion import MMEmotionProcessor
+
+
+logger = logging.getLogger(__name__)
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+PRESETS_DIR = os.path.join(ROOT, "presets")
+EMOTION_METRIC = os.path.join(ROOT, "metrics", "emotion_classification")
+# Entries of `Trainer.evaluate()` that describe the run rather than the model: left out of the model card.
+RUN_STATISTICS = {"loss", "runtime", "samples", "samples_per_second", "steps_per_second", "epoch"}
+# Bump when the layout of the cached features changes, so that old cache files are never read.
+FEATURE_CACHE_VERSION = 1
+
+
+@dataclass
+class ModelArguments:
+    """What model to train: a preset or checkpoint, an optional pretrained text encoder, and LoRA."""
+
+    config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A preset of `presets/` (`tiny`, `exp0`, `exp1`, `exp3`, `exp4`) or a config path / Hub id: a new "
+            "model with freshly initialised fusion and heads."
+        },
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A trained MMEmotion checkpoint (folder or Hub id) to continue from or evaluate. The LoRA adapter of "
+            "a LoRA run is merged into it on loading."
+        },
+    )
+    text_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Any pretrained transformers text model (folder or Hub id). It replaces the text branch (config and "
+            "weights, hence the text projection width) and provides the tokenizer."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow remote code when loading `--text_model_name_or_path`."}
+    )
+    modalities: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated branches of the model, e.g. `text,video,audio`. Defaults to the preset's."},
+    )
+    pooling: str | None = field(
+        default=None, metadata={"help": "`mean` or `attention`. Defaults to the preset's.", "choices": ["mean", "attention"]}
+    )
+    text_embedding: str | None = field(
+        default=None,
+        metadata={
+            "help": "`input_embeddings` (the text model's token embeddings, as VideoLLaMA) or `last_hidden_state` (its "
+            "contextual output). Defaults to the preset's.",
+            "choices": ["input_embeddings", "last_hidden_state"],
+        },
+    )
+    class_weights: str = field(
+        default="none",
+        metadata={
+            "help": "Cross-entropy class weights: `none`, or `balanced` (n_utterances / (n_labels * n_class) on the "
+            "training split; helps macro F1, usually at some cost in weighted F1).",
+            "choices": ["none", "balanced"],
+        },
+    )
+    lora_r: int = field(
+        default=0,
+        metadata={"help": "Rank of LoRA adapters on the text encoder (0 = no LoRA). The fusion head trains too."},
+    )
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the input of the LoRA adapters."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated module names inside the text encoder that get adapters. Defaults to all its linear "
+            "layers (BERT: query,key,value,dense; LLaMA: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj), or "
+            "`embed_tokens` with `--text_embedding input_embeddings`."
+        },
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "Save the model with the LoRA update merged into the text encoder: a plain checkpoint that loads "
+            "without peft. Without it, the output holds the base weights plus the adapter."
+        },
+    )
+
+    def __post_init__(self):
+        if self.config_name is not None and self.model_name_or_path is not None:
+            raise ValueError("--config_name starts a new model and --model_name_or_path continues one: pass only one.")
+        if self.config_name is None and self.model_name_or_path is None and self.text_model_name_or_path is None:
+            raise ValueError("Pass --config_name, --model_name_or_path or --text_model_name_or_path.")
+        if self.modalities is not None:
+            self.modalities = [modality.strip() for modality in self.modalities.split(",") if modality.strip()]
+        if self.lora_target_modules is not None:
+            self.lora_target_modules = [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
+
+
+@dataclass
+class DataTrainingArguments:
+    """The task and the data: SemEval-2024 Task 3 JSON files, clips, and the frozen-encoder feature cache."""
+
+    task: str = field(default="emotion", metadata={"help": "What to train.", "choices": ["emotion"]})
+    train_file: str | None = field(default=None, metadata={"help": "Training conversations (SemEval-2024 Task 3 JSON)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation conversations (same format)."})
+    validation_conversation_ids: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON list of conversation ids (or an object holding one list, like ECF's dev_conversation_ids.json): "
+            "these conversations of --train_file are the validation set and are left out of training."
+        },
+    )
+    test_file: str | None = field(
+        default=None, metadata={"help": "Conversations to predict with --do_predict; labels optional."}
+    )
+    video_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of the clips (`video_name` of each utterance, default `dia{c}utt{u}.mp4`). Audio is read "
+            "from the clips. A missing clip masks that utterance's video and audio."
+        },
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Transcripts are truncated to this many tokens."})
+    no_feature_cache: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the frozen encoders at every step instead of caching their outputs. Encoders with trainable "
+            "weights (LoRA adapters, `freeze_*_encoder` false) always run live; the frozen ones beside them are cached."
+        },
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the encoder outputs of frozen encoders are cached. Defaults to $HF_HOME/mmemotion/features, "
+            "else $XDG_CACHE_HOME/mmemotion/features, else ~/.cache/mmemotion/features."
+        },
+    )
+
+    def __post_init__(self):
+        if self.validation_file is not None and self.validation_conversation_ids is not None:
+            raise ValueError("Pass --validation_file or --validation_conversation_ids, not both.")
+        if self.validation_conversation_ids is not None and self.train_file is None:
+            raise ValueError("--validation_conversation_ids selects conversations of --train_file: pass --train_file.")
+        if self.feature_cache_dir is None:
+            cache_home = os.environ.get("HF_HOME") or os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+            self.feature_cache_dir = os.path.join(cache_home, "mmemotion", "features")
+
+
+@dataclass
+class MMEmotionTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with defaults for training a fusion head on frozen, cached encoder features.
+
+    Tuned on ECF (frozen MiniLM and LoRA, docs/results.md): a head over cached features needs a higher learning rate
+    and more epochs than fine-tuning a transformer, and each epoch takes seconds; the best epoch is kept by weighted F1,
+    the usual ERC figure.
+    """
+
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of AdamW."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(
+        default=64, metadata={"help": "Batch size per device for evaluation and for computing the feature cache."}
+    )
+    num_train_epochs: float = field(default=10.0, metadata={"help": "Number of training epochs."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps, or a fraction of all steps if < 1."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: `no`, `steps` or `epoch`."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: `no`, `steps`, `epoch`, `best`."})
+    logging_steps: float = field(default=50, metadata={"help": "Log every this many steps."})
+    load_best_model_at_end: bool = field(
+        default=True, metadata={"help": "Keep the checkpoint with the best `metric_for_best_model` at the end."}
+    )
+    metric_for_best_model: str | None = field(
+        default="weighted_f1", metadata={"help": "Validation metric that selects the best checkpoint."}
+    )
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best and the last)."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers to report to."})
+    use_cpu: bool = field(
+        default=not torch.accelerator.is_available(),
+        metadata={
+            "help": "Train on CPU. Defaults to True on machines without an accelerator, where it is what makes "
+            "`accelerate launch --multi_gpu --num_processes N` (or torchrun) train with N CPU processes (gloo)."
+        },
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator reads the text, clip paths and cached features."}
+    )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Training sampler. `group_by_length` batches utterances of similar token counts, which saves "
+            "most of the padding when the text encoder runs live (LoRA).",
+            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+        },
+    )
+
+    def __post_init__(self):
+        # TrainingArguments turns `do_eval` on whenever `eval_strategy` is not "no", so with the per-epoch evaluation
+        # above every run would need validation data. Evaluate when asked, or after training with per-epoch evaluation;
+        # a run that does not train (evaluate, predict, merge) has no epochs to evaluate.
+        do_eval = self.do_eval
+        super().__post_init__()
+        if not self.do_train:
+            self.eval_strategy = IntervalStrategy.NO
+        self.do_eval = do_eval or self.eval_strategy != IntervalStrategy.NO
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model, processor and LoRA
+
+
+def resolve_config_source(config_name: str) -> str:
+    """A preset name (`tiny`, `exp1`) -> its folder or JSON file in `presets/`; anything else is a path or Hub id."""
+    for candidate in (os.path.join(PRESETS_DIR, config_name), os.path.join(PRESETS_DIR, f"{config_name}.json")):
+        if os.path.exists(candidate):
+            return candidate
+    return config_name
+
+
+def build_config(model_args: ModelArguments, class_weights: list[float] | None) -> MMEmotionConfig:
+    """The preset's or checkpoint's config (or the defaults) with the command line's overrides.
+
+    The overrides go through the config's `__init__`, so that e.g. a modality added by `--modalities` gets its default
+    sub-config and a removed one loses it.
+    """
+    source = model_args.model_name_or_path or (
+        resolve_config_source(model_args.config_name) if model_args.config_name else None
+    )
+    config_dict = MMEmotionConfig.get_config_dict(source)[0] if source else {"model_type": MMEmotionConfig.model_type}
+    if config_dict.get("model_type") != MMEmotionConfig.model_type:
+        raise ValueError(f"{source} is a {config_dict.get('model_type')!r} config, not an MMEmotion one.")
+    overrides = {"class_weights": class_weights}
+    for name in ("modalities", "pooling", "text_embedding"):
+        if getattr(model_args, name) is not None:
+            overrides[name] = getattr(model_args, name)
+    if model_args.text_model_name_or_path is not None:
+        overrides["text_config"] = AutoConfig.from_pretrained(
+            model_args.text_model_name_or_path, trust_remote_code=model_args.trust_remote_code
+        )
+    return MMEmotionConfig.from_dict({**config_dict, **overrides})
+
+
+def load_processor(model_args: ModelArguments) -> MMEmotionProcessor:
+    """The checkpoint's or preset folder's processor, with the tokenizer of `--text_model_name_or_path` if given."""
+    source = model_args.model_name_or_path
+    if source is None and model_args.config_name is not None:
+        preset = resolve_config_source(model_args.config_name)
+        source = preset if os.path.isfile(os.path.join(preset, "processor_config.json")) else None
+    processor = MMEmotionProcessor.from_pretrained(source) if source is not None else None
+    if model_args.text_model_name_or_path is not None:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_args.text_model_name_or_path, trust_remote_code=model_args.trust_remote_code
+        )
+        if processor is None:
+            return MMEmotionProcessor(tokenizer=tokenizer)
+        return MMEmotionProcessor(
+            tokenizer=tokenizer,
+            video_feature_extractor=processor.video_feature_extractor,
+            audio_feature_extractor=processor.audio_feature_extractor,
+            use_audio_from_video=processor.use_audio_from_video,
+        )
+    if processor is None:
+        raise ValueError(
+            f"The preset {model_args.config_name!r} has no processor (no tokenizer for its text branch): pass "
+            "--text_model_name_or_path (the text model whose tokenizer and weights the text branch uses)."
+        )
+    return processor
+
+
+def unload_lora(model: PreTrainedModel, merge: bool) -> int:
+    """Replaces every LoRA layer of `model` by its base layer, with the adapter's update merged into it if `merge`.
+
+    peft's `merge_and_unload()` / `unload()` do this for a `PeftModel`; this also covers the adapter that transformers
+    attaches by itself when loading a LoRA run's folder (base weights + `adapter_config.json`). Returns the number of
+    layers unloaded.
+    """
+    lora_layers = [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+    for name, module in lora_layers:
+        if merge:
+            module.merge()
+        parent_name, _, child_name = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child_name, module.get_base_layer())
+    model.__dict__.pop("peft_config", None)  # peft's record of the adapter
+    if getattr(model, "_hf_peft_config_loaded", False):
+        # transformers loaded the adapter: forget it, or `save_pretrained` would save only the adapter, and forget the
+        # key renamings it recorded for it, or saving would prefix every key with `base_model.model.`.
+        model._hf_peft_config_loaded = False
+        model._weight_conversions = None
+    return len(lora_layers)
+
+
+def load_model(model_class: type[PreTrainedModel], config: MMEmotionConfig, model_args: ModelArguments) -> PreTrainedModel:
+    if model_args.model_name_or_path is not None:
+        model = model_class.from_pretrained(
+            model_args.model_name_or_path,
+            config=config,
+            # A new text model changes the text branch and projection shapes; they are replaced just below.
+            ignore_mismatched_sizes=model_args.text_model_name_or_path is not None,
+        )
+        if unload_lora(model, merge=True):
+            logger.info(f"Merged the LoRA adapter of {model_args.model_name_or_path} into its text encoder.")
+    else:
+        model = model_class(config)
+    if model_args.text_model_name_or_path is not None:
+        text_model = AutoModel.from_pretrained(
+            model_args.text_model_name_or_path, trust_remote_code=model_args.trust_remote_code
+        )
+        model.base_model.text_encoder.load_pretrained_text_model(text_model)
+    return model
+
+
+def lora_target_regex(model: PreTrainedModel, target_modules: list[str] | None) -> str:
+    """A regex over module names that matches the chosen modules inside the text encoder only: plain names such as
+    `query` would also hit the attention layers of the video and audio Q-Formers.
+
+    By default every linear layer of the text encoder (attention and feed-forward: on ECF, LoRA on BERT's `query`,
+    `key`, `value` and `dense` layers reached 0.588 dev weighted F1 against 0.557 with `query` and `value` only), or
+    the token embeddings when the branch is only the embedding table (`text_embedding="input_embeddings"`).
+    """
+    if target_modules is None:
+        text_encoder = model.base_model.text_encoder
+        target_modules = sorted(
+            {name.rpartition(".")[2] for name, module in text_encoder.named_modules() if isinstance(module, torch.nn.Linear)}
+        ) or ["embed_tokens"]
+    names = "|".join(re.escape(name) for name in target_modules)
+    return rf"{re.escape(model.base_model_prefix)}\.text_encoder\.(.*\.)?({names})"
+
+
+def add_lora(model: PreTrainedModel, model_args: ModelArguments):
+    """Puts LoRA adapters on the text encoder, in place; returns the `PeftModel` view used to save the adapter.
+
+    `Trainer` keeps training `model` itself, so that its checkpoints hold every trained weight (adapters, fusion head,
+    missing-modality vectors) and `load_best_model_at_end` restores all of them; a `PeftModel` checkpoint would hold
+    only the adapters and `modules_to_save`, which cannot name a bare parameter.
+    """
+    if "text" not in model.config.modalities:
+        raise ValueError("--lora_r puts adapters on the text encoder, but the model has no text branch.")
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    lora_config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=lora_target_regex(model, model_args.lora_target_modules),
+    )
+    peft_model = get_peft_model(model, lora_config)
+    # get_peft_model freezes everything but the adapters: the fusion head (and any unfrozen encoder) trains on.
+    for parameter in trainable:
+        parameter.requires_grad_(True)
+    trainable_count = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    logger.info(f"LoRA on {lora_config.target_modules}: {trainable_count:,} trainable parameters.")
+    return peft_model
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Utterance inputs: tokens, frozen-encoder feature cache, collator
+
+
+def media_processor_inputs(modality: str, video_paths: list[str | None]) -> dict[str, Any]:
+    """Processor arguments that read one modality (`video` or `audio`) from the utterances' clips."""
+    if modality == "video":
+        return {"videos": video_paths, "use_audio_from_video": False}
+    return {"audio": video_paths}
+
+
+def tokenize_utterances(dataset: datasets.Dataset, processor: MMEmotionProcessor, max_length: int) -> datasets.Dataset:
+    """Adds `input_ids`, `attention_mask`, `text_mask` (unpadded) and `length` (tokens, for `group_by_length`)."""
+
+    def tokenize(texts):
+        encoding = processor(text=texts, padding=False, truncation=True, max_length=max_length, return_tensors=None)
+        return {**encoding, "length": [len(input_ids) for input_ids in encoding["input_ids"]]}
+
+    return dataset.map(tokenize, batched=True, input_columns="text", desc="Tokenizing")
+
+
+def _state_dict_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's weights (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """On-disk cache of the outputs of frozen encoders, one Arrow file per (modality, encoder, inputs).
+
+    A file's name is a fingerprint of everything the features depend on, so any change gives a miss and a new file:
+
+    - the modality's encoder config (and `text_embedding` for text) and a sha256 of the encoder's weights;
+    - for text, the token ids themselves (they capture the tokenizer, its settings, `--max_seq_length` and the
+      transcripts); for video and audio, the processor's feature-extractor config and each clip's path, size and
+      modification time.
+
+    Labels, speakers and the rest of the data are not part of it: they are joined to the cached columns at every run.
+    Only frozen encoders are cached; one with trainable weights (LoRA adapters, `freeze_*_encoder=False`) runs live.
+
+    Args:
+        model: the task model; its encoders compute the features (in eval mode, without gradients).
+        processor: prepares the clips of the video / audio encoders (text arrives tokenized).
+        modalities: the modalities to cache.
+        cache_dir: the cache folder; files go to `cache_dir/<modality>/<fingerprint>.arrow`.
+        batch_size: utterances encoded at once.
+    """
+
+    def __init__(self, model: PreTrainedModel, processor: MMEmotionProcessor, modalities: list[str], cache_dir: str, batch_size: int):
+        self.model = model
+        self.processor = processor
+        self.modalities = modalities
+        self.cache_dir = cache_dir
+        self.batch_size = batch_size
+        # The encoder part of each fingerprint, computed once for all splits (hashing the weights reads all of them).
+        self.encoder_keys = {modality: self._encoder_key(modality) for modality in modalities}
+
+    def _encoder_key(self, modality: str) -> str:
+        config = self.model.config
+        encoder_config = getattr(config, f"{modality}_config").to_dict()
+        for volatile in ("_name_or_path", "transformers_version"):  # where it was loaded from, not what it computes
+            encoder_config.pop(volatile, None)
+        parts = [FEATURE_CACHE_VERSION, modality, encoder_config, _state_dict_digest(self.model.base_model.encoder(modality))]
+        if modality == "text":
+            parts.append(config.text_embedding)
+        else:
+            parts.append(getattr(self.processor, f"{modality}_feature_extractor").to_dict())
+        return Hasher.hash(parts)
+
+    def fingerprint(self, dataset: datasets.Dataset, modality: str) -> str:
+        if modality == "text":
+            inputs = [dataset["input_ids"][:], dataset["text_mask"][:]]  # lists: a `Column` would hash its dataset
+        else:
+            inputs = [
+                None if path is None else (path, os.stat(path).st_size, os.stat(path).st_mtime_ns)
+                for path in dataset["video_path"]
+            ]
+        return Hasher.hash([self.encoder_keys[modality], inputs])
+
+    def _features(self, modality: str) -> datasets.Features:
+        width = self.model.config.modality_hidden_size(modality)
+        if modality == "text":  # one row per real token
+            return datasets.Features(text_features=datasets.Array2D(shape=(None, width), dtype="float32"))
+        modality_config = getattr(self.model.config, f"{modality}_config")
+        num_tokens = modality_config.num_video_query_tokens if modality == "video" else modality_config.num_audio_query_tokens
+        return datasets.Features(
+            {
+                f"{modality}_features": datasets.Array2D(shape=(num_tokens, width), dtype="float32"),
+                f"{modality}_mask": datasets.Value("int64"),
+            }
+        )
+
+    @torch.inference_mode()
+    def _encode(self, batch: dict[str, list], modality: str) -> dict[str, Any]:
+        """Encodes one `datasets.map` batch in sub-batches of `batch_size`; text in order of token count, so that a
+        sub-batch holds transcripts of similar lengths (2-3x less padding than in data order on ECF)."""
+        num_rows = len(batch["video_path"])
+        order = np.argsort(batch["length"], kind="stable") if modality == "text" else np.arange(num_rows)
+        features, masks = [None] * num_rows, [None] * num_rows
+        for start in range(0, num_rows, self.batch_size):
+            rows = order[start : start + self.batch_size]
+            if modality == "text":
+                tokens = [{"input_ids": batch["input_ids"][row], "attention_mask": batch["attention_mask"][row]} for row in rows]
+                inputs = self.processor.tokenizer.pad(tokens, return_tensors="pt")
+            else:
+                video_paths = [batch["video_path"][row] for row in rows]
+                inputs = self.processor(**media_processor_inputs(modality, video_paths), return_tensors="pt")
+            inputs = inputs.to(self.model.device)
+            encoded = self.model.base_model.encode_modalities(**inputs)[f"{modality}_features"].float().cpu().numpy()
+            if modality == "text":  # one row per real token
+                for row, item, token_mask in zip(rows, encoded, inputs["attention_mask"].bool().cpu().numpy()):
+                    features[row] = item[token_mask]
+            else:  # a fixed number of query tokens, zeros for an absent clip
+                for row, item, mask in zip(rows, encoded, inputs[f"{modality}_mask"].tolist()):
+                    features[row], masks[row] = item, mask
+        if modality == "text":
+            return {"text_features": features}
+        return {f"{modality}_features": features, f"{modality}_mask": masks}
+
+    def add_features(self, dataset: datasets.Dataset, split: str) -> datasets.Dataset:
+        """`dataset` (tokenized utterance rows) with the cached feature columns of every cached modality added,
+        encoding them on a miss."""
+        if not self.modalities:
+            return dataset
+        self.model.eval()  # dropout off: the features are those of the frozen encoders, which train in eval mode
+        columns = [dataset]
+        for modality in self.modalities:
+            fingerprint = self.fingerprint(dataset, modality)
+            path = os.path.join(self.cache_dir, modality, f"{fingerprint}.arrow")
+            if os.path.exists(path):
+                logger.info(f"Feature cache hit: {split} {modality} features of {len(dataset)} utterances from {path}")
+            else:
+                logger.info(f"Feature cache miss: encoding the {modality} of {len(dataset)} {split} utterances into {path}")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            columns.append(
+                dataset.map(
+                    self._encode,
+                    fn_kwargs={"modality": modality},
+                    batched=True,
+                    batch_size=self.batch_size * 16,
+                    remove_columns=dataset.column_names,
+                    features=self._features(modality),
+                    cache_file_name=path,
+                    load_from_cache_file=True,
+                    new_fingerprint=fingerprint,
+                    desc=f"Encoding {modality} ({split})",
+                )
+            )
+        feature_columns = [column for part in columns[1:] for column in part.column_names if column.endswith("_features")]
+        # Tensors straight from Arrow: python lists of floats would cost seconds per epoch.
+        return datasets.concatenate_datasets(columns, axis=1).with_format(
+            "torch", columns=feature_columns, output_all_columns=True
+        )
+
+
+@dataclass
+class UtteranceCollator:
+    """Batches utterance rows into model inputs: cached features of the cached modalities, processor outputs for the
+    live ones, and `labels` when the rows have a `label`.
+
+    Args:
+        processor: pads the tokens and reads the clips of live modalities.
+        modalities: the model's modalities.
+        cached_modalities: those whose features are columns of the rows (`FeatureCache`).
+    """
+
+    processor: MMEmotionProcessor
+    modalities: list[str]
+    cached_modalities: list[str]
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = {}
+        if "text" in self.modalities:
+            batch["text_mask"] = torch.tensor([row["text_mask"] for row in rows])
+            if "text" in self.cached_modalities:
+                features = [row["text_features"] for row in rows]
+                batch["text_features"] = torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
+                token_masks = [torch.ones(len(item), dtype=torch.long) for item in features]
+                batch["attention_mask"] = torch.nn.utils.rnn.pad_sequence(token_masks, batch_first=True)
+            else:
+                tokens = [{"input_ids": row["input_ids"], "attention_mask": row["attention_mask"]} for row in rows]
+                batch.update(self.processor.tokenizer.pad(tokens, return_tensors="pt"))
+        for modality in ("video", "audio"):
+            if modality not in self.modalities:
+                continue
+            if modality in self.cached_modalities:
+                batch[f"{modality}_features"] = torch.stack([row[f"{modality}_features"] for row in rows])
+                batch[f"{modality}_mask"] = torch.tensor([row[f"{modality}_mask"] for row in rows])
+            else:
+                video_paths = [row["video_path"] for row in rows]
+                batch.update(self.processor(**media_processor_inputs(modality, video_paths), return_tensors="pt"))
+        if "label" in rows[0]:
+            batch["labels"] = torch.tensor([row["label"] for row in rows])
+        return batch
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tasks
+
+
+def emotion_dataset(
+    conversations: list[dict], data_args: DataTrainingArguments, processor: MMEmotionProcessor, feature_cache: FeatureCache, split: str
+) -> datasets.Dataset:
+    """One row per utterance: ECF fields, tokens, and the cached features of the frozen encoders."""
+    dataset = ecf.conversations_to_utterance_dataset(conversations, video_dir=data_args.video_dir)
+    if all(label == ecf.IGNORE_INDEX for label in dataset["label"]):
+        dataset = dataset.remove_columns("label")  # an unlabelled test file: predict without a loss
+    dataset = tokenize_utterances(dataset, processor, data_args.max_seq_length)
+    return feature_cache.add_features(dataset, split)
+
+
+def emotion_metrics(label_names: list[str]) -> Callable[[EvalPrediction], dict[str, Any]]:
+    metric = evaluate.load(EMOTION_METRIC, keep_in_memory=True, label_names=label_names)
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, Any]:
+        labelled = prediction.label_ids != ecf.IGNORE_INDEX
+        predictions = prediction.predictions.argmax(-1)
+        return metric.compute(predictions=predictions[labelled], references=prediction.label_ids[labelled])
+
+    return compute_metrics
+
+
+def emotion_logits(outputs, labels):
+    """Keeps the emotion logits of the model's outputs (logits, pooler_output, modality_mask) for metrics."""
+    return outputs[0] if isinstance(outputs, tuple) else outputs
+
+
+def write_emotion_predictions(path: str, conversations: list[dict], output: PredictionOutput) -> None:
+    probabilities = torch.softmax(torch.from_numpy(output.predictions).float(), dim=-1).numpy()
+    ecf.write_predictions(path, conversations, probabilities.argmax(-1).tolist(), probabilities=probabilities.tolist())
+
+
+@dataclass(frozen=True)
+class Task:
+    """What `--task` selects: the model class and the few functions that differ between tasks."""
+
+    model_class: type[PreTrainedModel]
+    # (conversations, data_args, processor, feature_cache, split name) -> model-ready dataset
+    build_dataset: Callable[..., datasets.Dataset]
+    # (processor, modalities, cached modalities) -> data collator
+    build_collator: Callable[..., Callable]
+    # label names -> `compute_metrics`
+    build_compute_metrics: Callable[[list[str]], Callable[[EvalPrediction], dict[str, Any]]]
+    preprocess_logits_for_metrics: Callable
+    # (path, conversations, trainer.predict output) -> writes the predictions file
+    write_predictions: Callable[[str, list[dict], PredictionOutput], None]
+
+
+TASKS = {
+    "emotion": Task(
+        model_class=MMEmotionForEmotionClassification,
+        build_dataset=emotion_dataset,
+        build_collator=UtteranceCollator,
+        build_compute_metrics=emotion_metrics,
+        preprocess_logits_for_metrics=emotion_logits,
+        write_predictions=write_emotion_predictions,
+    ),
+}
+
+
+def load_conversations(data_args: DataTrainingArguments, training_args: TrainingArguments) -> dict[str, list[dict]]:
+    """The conversations of each split that this run uses."""
+    validation_ids = (
+        ecf.read_conversation_ids(data_args.validation_conversation_ids)
+        if data_args.validation_conversation_ids
+        else None
+    )
+    splits = {}
+    if training_args.do_train:
+        if data_args.train_file is None:
+            raise ValueError("--do_train needs --train_file.")
+        splits["train"] = ecf.load_conversations(data_args.train_file, exclude_conversation_ids=validation_ids)
+    if training_args.do_eval:
+        if validation_ids is not None:
+            splits["validation"] = ecf.load_conversations(data_args.train_file, conversation_ids=validation_ids)
+        elif data_args.validation_file is not None:
+            splits["validation"] = ecf.load_conversations(data_args.validation_file)
+        else:
+            raise ValueError(
+                "Evaluation needs validation data: pass --validation_file or --validation_conversation_ids (or train "
+                "without it: --eval_strategy no --load_best_model_at_end False)."
+            )
+    if training_args.do_predict:
+        if data_args.test_file is None:
+            raise ValueError("--do_predict needs --test_file.")
+        splits["test"] = ecf.load_conversations(data_args.test_file, require_labels=False)
+    for split, conversations in splits.items():
+        num_utterances = sum(len(conversation["conversation"]) for conversation in conversations)
+        logger.info(f"{split}: {len(conversations)} conversations, {num_utterances} utterances")
+    return splits
+
+
+def balanced_class_weights(conversations: list[dict], label_names: list[str]) -> list[float]:
+    """sklearn's "balanced" weights, n_utterances / (n_labels * n_class), from the training labels."""
+    labels = [utterance["emotion"] for conversation in conversations for utterance in conversation["conversation"]]
+    counts = np.array([labels.count(name) for name in label_names], dtype=np.float64)
+    return (len(labels) / (len(label_names) * counts.clip(min=1))).round(4).tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model card and Trainer
+
+
+@dataclass
+class ModelCardInfo:
+    """What the model card says about a run, filled in as the run goes."""
+
+    text_model: str | None
+    lora: str | None
+    training_data: list[str]
+    eval_metrics: dict[str, Any] | None = None
+
+
+def render_model_card(config: MMEmotionConfig, training_args: TrainingArguments, info: ModelCardInfo) -> ModelCard:
+    label_names = [config.id2label[index] for index in range(config.num_labels)]
+    base_model = info.text_model if info.text_model and not os.path.exists(info.text_model) else None
+    card_data = ModelCardData(
+        library_name="transformers",
+        base_model=base_model,
+        tags=["mmemotion", "emotion-recognition", "emotion-recognition-in-conversation", "multimodal", *config.modalities],
+    )
+    encoders = ", ".join(
+        f"{modality} ({'frozen' if getattr(config, f'freeze_{modality}_encoder') else 'trained'})"
+        for modality in config.modalities
+    )
+    repo = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+    lines = [
+        f"# {repo.split('/')[-1]}",
+        "",
+        "Utterance-level emotion recognition in conversations (ECF / SemEval-2024 Task 3 labels) with mmemotion: "
+        f"per-modality encoders, masked {config.pooling} pooling of each modality, fusion by concatenation and an MLP "
+        "head. Each utterance is classified on its own.",
+        "",
+        "## Model",
+        f"- Modalities and encoders: {encoders}",
+    ]
+    if "text" in config.modalities:
+        # A local folder's path means nothing to the card's readers.
+        source = base_model or ("a local folder" if info.text_model else "the preset / checkpoint")
+        lines.append(f"- Text model: {config.text_config.model_type} from {source} ({config.text_embedding})")
+    lines += [
+        f"- LoRA: {info.lora or 'none'}",
+        "",
+        "## Labels",
+        "| id | label |",
+        "|---|---|",
+        *(f"| {index} | {name} |" for index, name in enumerate(label_names)),
+        "",
+        "## Training data",
+        *(f"- {line}" for line in info.training_data),
+        f"- Hyper-parameters: learning rate {training_args.learning_rate}, batch size "
+        f"{training_args.per_device_train_batch_size} per device, {training_args.num_train_epochs:g} epochs, "
+        f"seed {training_args.seed}; best epoch by validation {training_args.metric_for_best_model}.",
+        "",
+        "## Evaluation",
+    ]
+    if info.eval_metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [
+            f"| {name} | {value:.4f} |"
+            for name, value in info.eval_metrics.items()
+            if isinstance(value, float) and name not in RUN_STATISTICS
+        ]
+    else:
+        lines.append("Not evaluated.")
+    lines += [
+        "",
+        "## Intended use",
+        "Research on emotion recognition in conversation: the emotion of each utterance of a dialogue from its "
+        "transcript (and clip, for video / audio models). Trained on TV-series dialogue (Friends): expect lower "
+        "scores on other domains, and do not use it to make decisions about people. The ECF data is released for "
+        "research use (GPL-3.0): models trained on it inherit its terms.",
+        "",
+        "## How to use",
+        "```python",
+        "import torch",
+        "from transformers import AutoModel, AutoProcessor",
+        "",
+        f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True).eval()',
+        f'processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)',
+        'inputs = processor(text=["Oh my God, you got the job!"], return_tensors="pt")',
+        "with torch.no_grad():",
+        "    probabilities = model(**inputs).logits.softmax(-1)",
+        "print(model.config.id2label[probabilities.argmax(-1).item()])",
+        "```",
+    ]
+    if "video" in config.modalities or "audio" in config.modalities:
+        lines.append("Pass each utterance's clip as `videos=[path, ...]` (audio is read from it; `None` for no clip).")
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n" + "\n".join(lines) + "\n")
+
+
+class MMEmotionTrainer(Trainer):
+    """`Trainer` whose model card (also the one `push_to_hub` writes) describes the mmemotion run."""
+
+    def __init__(self, *args, model_card_info: ModelCardInfo, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_card_info = model_card_info
+
+    def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            # A `datasets` column is read row by row (~1 ms a row) each time the sampler orders an epoch: read it once.
+            sampler.lengths = list(sampler.lengths)
+        return sampler
+
+    def _get_eval_sampler(self, eval_dataset) -> torch.utils.data.Sampler | None:
+        # transformers also groups evaluation batches by length when training does (`train_sampling_strategy`), which
+        # would reorder `predict()`'s output against the conversations: evaluate in data order (sharded in order by
+        # accelerate when distributed).
+        if self.args.world_size > 1 or eval_dataset is None:
+            return None
+        return torch.utils.data.SequentialSampler(eval_dataset)
+
+    def create_model_card(self, **kwargs):
+        if self.is_world_process_zero():
+            card = render_model_card(self.model.config, self.args, self.model_card_info)
+            card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def save_final_model(trainer: MMEmotionTrainer, peft_model, model_args: ModelArguments) -> None:
+    """Writes the output folder: the weights (plain, or base weights + LoRA adapter), the code files, the processor and
+    the model card."""
+    output_dir = trainer.args.output_dir
+    if peft_model is not None and not model_args.merge_lora:
+        # transformers loads the base weights from a local folder that has a config.json, and from the Hub follows
+        # this name: the repository the folder is pushed to.
+        peft_model.peft_config["default"].base_model_name_or_path = trainer.hub_model_id or output_dir
+        # The base weights sit in the same folder: no copy of the embedding matrices in the adapter.
+        peft_model.save_pretrained(output_dir, save_embedding_layers=False, is_main_process=trainer.args.should_save)
+    unload_lora(trainer.model, merge=model_args.merge_lora)
+    trainer.save_model()
+    trainer.create_model_card()
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics `Trainer.log_metrics` can print (not the confusion matrix, a nested list)."""
+    return {name: value for name, value in metrics.items() if not isinstance(value, list)}
+
+
+def describe_lora(peft_model, merged: bool) -> str:
+    """Model-card line on the LoRA adapter."""
+    lora_config = peft_model.peft_config["default"]
+    where = (
+        "merged into the text encoder"
+        if merged
+        else "the adapter (`adapter_config.json`) sits beside the base weights and `AutoModel` applies it (needs peft)"
+    )
+    return (
+        f"r={lora_config.r}, alpha={lora_config.lora_alpha}, dropout={lora_config.lora_dropout} on "
+        f"`{lora_config.target_modules}`; {where}"
+    )
+
+
+def describe_splits(conversations: dict[str, list[dict]], data_args: DataTrainingArguments) -> list[str]:
+    """Model-card lines on the training and validation data."""
+    sources = {"train": os.path.basename(data_args.train_file or "")}
+    if data_args.validation_conversation_ids is not None:
+        sources["validation"] = (
+            f"the conversations of {sources['train']} listed in {os.path.basename(data_args.validation_conversation_ids)}"
+        )
+    else:
+        sources["validation"] = os.path.basename(data_args.validation_file or "")
+    return [
+        f"{split}: {len(split_conversations)} conversations, "
+        f"{sum(len(conversation['conversation']) for conversation in split_conversations)} utterances ({sources[split]})"
+        for split, split_conversations in conversations.items()
+        if split in sources
+    ]
+
+
+def main(args: list[str] | None = None) -> None:
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, MMEmotionTrainingArguments))
+    if args is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=args)
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    logger.warning(
+        f"Process rank: {training_args.process_index}, device: {training_args.device}, "
+        f"distributed training: {training_args.parallel_mode.value == 'distributed'}"
+    )
+    logger.info(f"Training/evaluation parameters {training_args}")
+    set_seed(training_args.seed)
+
+    task = TASKS[data_args.task]
+    conversations = load_conversations(data_args, training_args)
+    class_weights = None
+    if model_args.class_weights == "balanced":
+        if "train" not in conversations:
+            raise ValueError("--class_weights balanced comes from the training labels: it needs --do_train.")
+        class_weights = balanced_class_weights(conversations["train"], list(ecf.EMOTIONS))
+        logger.info(f"Balanced class weights: {dict(zip(ecf.EMOTIONS, class_weights))}")
+    config = build_config(model_args, class_weights)
+    label_names = [config.id2label[index] for index in range(config.num_labels)]
+    if label_names != list(ecf.EMOTIONS):
+        raise ValueError(f"The model's labels {label_names} are not the ECF emotions {list(ecf.EMOTIONS)}.")
+
+    processor = load_processor(model_args)
+    model = load_model(task.model_class, config, model_args)
+    peft_model = add_lora(model, model_args) if model_args.lora_r > 0 else None
+    model.to(training_args.device)
+
+    modalities = list(config.modalities)
+    if {"video", "audio"} & set(modalities) and data_args.video_dir is None:
+        logger.warning("The model has video / audio branches but no --video_dir: every utterance runs without them.")
+    cached_modalities = [] if data_args.no_feature_cache else [m for m in modalities if model.base_model._is_frozen(m)]
+    live_modalities = [modality for modality in modalities if modality not in cached_modalities]
+    logger.info(f"Encoder features cached: {cached_modalities or 'none'}; encoders run live: {live_modalities or 'none'}")
+    feature_cache = FeatureCache(
+        model, processor, cached_modalities, data_args.feature_cache_dir, training_args.per_device_eval_batch_size
+    )
+    # The main process tokenizes, encodes and writes the cache first; the others then read it.
+    with training_args.main_process_first(desc="dataset preparation and feature cache"):
+        splits = {
+            split: task.build_dataset(split_conversations, data_args, processor, feature_cache, split)
+            for split, split_conversations in conversations.items()
+        }
+        compute_metrics = task.build_compute_metrics(label_names)
+
+    trainer = MMEmotionTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits.get("train"),
+        eval_dataset=splits.get("validation"),
+        processing_class=processor,
+        data_collator=task.build_collator(processor, modalities, cached_modalities),
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+        model_card_info=ModelCardInfo(
+            text_model=model_args.text_model_name_or_path,
+            lora=None if peft_model is None else describe_lora(peft_model, model_args.merge_lora),
+            training_data=describe_splits(conversations, data_args)
+            or [f"Not trained in this run: see {model_args.model_name_or_path or model_args.config_name}."],
+        ),
+    )
+
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        metrics = {**train_result.metrics, "train_samples": len(splits["train"])}
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+
+    if training_args.do_eval:
+        metrics = {**trainer.evaluate(), "eval_samples": len(splits["validation"])}
+        trainer.log_metrics("eval", scalar_metrics(metrics))
+        trainer.save_metrics("eval", metrics)
+        trainer.model_card_info.eval_metrics = {name.removeprefix("eval_"): value for name, value in metrics.items()}
+        if trainer.is_world_process_zero() and "eval_confusion_matrix" in metrics:
+            path = os.path.join(training_args.output_dir, "confusion_matrix.png")
+            ecf.plot_confusion_matrix(metrics["eval_confusion_matrix"], label_names, path, title="validation")
+
+    if training_args.do_predict:
+        output = trainer.predict(splits["test"], metric_key_prefix="predict")
+        if output.metrics is not None and "predict_accuracy" in output.metrics:
+            trainer.log_metrics("predict", scalar_metrics(output.metrics))
+            trainer.save_metrics("predict", output.metrics)
+        if trainer.is_world_process_zero():
+            path = os.path.join(training_args.output_dir, "predictions.json")
+            task.write_predictions(path, conversations["test"], output)
+            logger.info(f"Predictions written to {path}")
+
+    if training_args.do_train or model_args.merge_lora:
+        save_final_model(trainer, peft_model, model_args)
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+
+
+if __name__ == "__main__":
+    main()
