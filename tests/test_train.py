@@ -244,7 +244,10 @@ def logits_in_a_fresh_process(*model_dirs):
 
 
 def test_lora_adapter_save_reload_and_merge(tmp_path, data):
-    lora = ["--config_name", "tiny", "--modalities", "text", "--text_embedding", "last_hidden_state", "--lora_r", "4", "--do_train"]
+    lora = [
+        "--config_name", "tiny", "--modalities", "text", "--text_embedding", "last_hidden_state", "--lora_r", "4",
+        "--do_train", "--num_train_epochs", "2",
+    ]
     adapter_dir = run_train(tmp_path, data, *lora, name="adapter")
     merged_in_run_dir = run_train(tmp_path, data, *lora, "--merge_lora", name="merged_in_run")
     merged_later_dir = tmp_path / "merged_later"
@@ -293,7 +296,7 @@ def test_push_to_hub_offline_then_load_as_remote_code(tmp_path, data, monkeypatc
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     output_dir = run_train(
-        tmp_path, data, "--config_name", "tiny", "--modalities", "text", "--do_train", "--do_eval",
+        tmp_path, data, "--config_name", "tiny", "--modalities", "text", "--do_train", "--num_train_epochs", "2",
         "--push_to_hub", "--hub_model_id", "someone/mmemotion-tiny", "--hub_token", "offline",
     )
 
