@@ -35,8 +35,18 @@ def median_seconds(function: Callable[[], object], repeats: int, device: torch.d
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports `ru_maxrss` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """
+    Peak resident memory of this process so far, in MiB: Linux's `VmHWM`, which starts afresh when a program is
+    executed (`ru_maxrss` keeps the peak of the process that forked it), else `ru_maxrss`.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def reset_cuda_peak(device: torch.device | str) -> None:
