@@ -22,9 +22,15 @@ fusion head trains.
 
 LoRA on the text encoder (`--lora_r 8`), a seed preset with video (`--config_name exp1 --video_dir clips/`), or
 continuing from a checkpoint (`--model_name_or_path runs/minilm-frozen`) use the same command line.
+
+`--task joint` trains the emotions of the utterances in context and the emotion-cause pairs of SemEval-2024 Task 3
+(subtask 2) with the same command line: one training example is a conversation, the pair threshold is tuned on the
+validation set after training, and `--do_predict --test_file conversations.json` writes a submission file
+(`predictions.json`). An emotion checkpoint (`--model_name_or_path runs/minilm-frozen`) can start it.
 """
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -58,7 +64,15 @@ from transformers.trainer_utils import IntervalStrategy, PredictionOutput
 
 import ecf
 from configuration_mmemotion import MMEmotionConfig
-from modeling_mmemotion import MMEmotionForEmotionClassification
+from conversation_data import (
+    ECPE_PAIR_F1,
+    ConversationCollator,
+    ConversationDataset,
+    ConversationPredictions,
+    pairs_to_submission,
+    tune_cause_threshold,
+)
+from modeling_mmemotion import MMEmotionForEmotionCauseExtraction, MMEmotionForEmotionClassification
 from processing_mmemotion import MMEmotionProcessor
 
 
@@ -71,6 +85,21 @@ EMOTION_METRIC = os.path.join(ROOT, "metrics", "emotion_classification")
 RUN_STATISTICS = {"loss", "runtime", "samples", "samples_per_second", "steps_per_second", "epoch"}
 # Bump when the layout of the cached features changes, so that old cache files are never read.
 FEATURE_CACHE_VERSION = 1
+
+
+# Training defaults of `--task joint` that differ from those of `MMEmotionTrainingArguments`; a flag on the command line
+# (or a key of the JSON file of arguments) wins. One joint training example is a whole conversation (10 utterances on average
+# in ECF) and the best epoch is the one with the best official pair score. Tuned on ECF: docs/results.md.
+TASK_TRAINING_DEFAULTS = {
+    "emotion": {},
+    "joint": {
+        "per_device_train_batch_size": 8,
+        "metric_for_best_model": "pair_weighted_f1",
+        # Trainer's `group_by_length` reads token counts, which conversations do not have; every batch is padded to the
+        # longest conversation anyway.
+        "train_sampling_strategy": "random",
+    },
+}
 
 
 @dataclass
@@ -116,6 +145,14 @@ class ModelArguments:
             "choices": ["input_embeddings", "last_hidden_state"],
         },
     )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated `name=value` settings of the model config, applied last, e.g. "
+            "`context_encoder=transformer,cause_window=4,cause_positive_weight=2`. A value is read as JSON when it "
+            "parses (numbers, true, null), else as a string."
+        },
+    )
     class_weights: str = field(
         default="none",
         metadata={
@@ -155,13 +192,39 @@ class ModelArguments:
             self.modalities = [modality.strip() for modality in self.modalities.split(",") if modality.strip()]
         if self.lora_target_modules is not None:
             self.lora_target_modules = [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
+        if self.config_overrides is not None:
+            self.config_overrides = dict(parse_config_override(item) for item in self.config_overrides.split(",") if item.strip())
+
+
+def parse_config_override(item: str) -> tuple[str, Any]:
+    """`name=value` -> (name, value), the value read as JSON where it parses."""
+    name, separator, value = item.partition("=")
+    name = name.strip()
+    if not separator or not name:
+        raise ValueError(f"--config_overrides takes `name=value` items, got {item!r}.")
+    if name not in MMEmotionConfig.__dataclass_fields__:
+        raise ValueError(f"--config_overrides: {name!r} is not a setting of MMEmotionConfig.")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value.strip()
 
 
 @dataclass
 class DataTrainingArguments:
     """The task and the data: SemEval-2024 Task 3 JSON files, clips, and the frozen-encoder feature cache."""
 
-    task: str = field(default="emotion", metadata={"help": "What to train.", "choices": ["emotion"]})
+    task: str = field(
+        default="emotion",
+        metadata={
+            "help": "`emotion`: one emotion per utterance, each classified on its own. `joint`: conversations, with the "
+            "emotion of each utterance in context and the emotion-cause pairs (SemEval-2024 Task 3 subtask 2); it "
+            "changes these defaults: "
+            + ", ".join(f"--{name} {value}" for name, value in TASK_TRAINING_DEFAULTS["joint"].items())
+            + ".",
+            "choices": list(TASK_TRAINING_DEFAULTS),
+        },
+    )
     train_file: str | None = field(default=None, metadata={"help": "Training conversations (SemEval-2024 Task 3 JSON)."})
     validation_file: str | None = field(default=None, metadata={"help": "Validation conversations (same format)."})
     validation_conversation_ids: str | None = field(
@@ -293,6 +356,7 @@ def build_config(model_args: ModelArguments, class_weights: list[float] | None) 
     for name in ("modalities", "pooling", "text_embedding"):
         if getattr(model_args, name) is not None:
             overrides[name] = getattr(model_args, name)
+    overrides.update(model_args.config_overrides or {})
     if model_args.text_model_name_or_path is not None:
         overrides["text_config"] = AutoConfig.from_pretrained(
             model_args.text_model_name_or_path, trust_remote_code=model_args.trust_remote_code
@@ -359,6 +423,11 @@ def load_model(model_class: type[PreTrainedModel], config: MMEmotionConfig, mode
         )
         if unload_lora(model, merge=True):
             logger.info(f"Merged the LoRA adapter of {model_args.model_name_or_path} into its text encoder.")
+        # transformers loads every weight as a trainable parameter: freeze the encoders that the config freezes again,
+        # as the model's `__init__` did, so that they stay frozen (and cached).
+        for modality in config.modalities:
+            if getattr(config, f"freeze_{modality}_encoder"):
+                model.base_model.encoder(modality).requires_grad_(False)
     else:
         model = model_class(config)
     if model_args.text_model_name_or_path is not None:
@@ -474,7 +543,8 @@ class FeatureCache:
     def _encoder_key(self, modality: str) -> str:
         config = self.model.config
         encoder_config = getattr(config, f"{modality}_config").to_dict()
-        for volatile in ("_name_or_path", "transformers_version"):  # where it was loaded from, not what it computes
+        # Where it was loaded from, not what it computes; `dtype` is set by loading, and the digest has the weights' dtypes.
+        for volatile in ("_name_or_path", "transformers_version", "dtype"):
             encoder_config.pop(volatile, None)
         parts = [FEATURE_CACHE_VERSION, modality, encoder_config, _state_dict_digest(self.model.base_model.encoder(modality))]
         if modality == "text":
@@ -625,7 +695,16 @@ def emotion_dataset(
     return feature_cache.add_features(dataset, split)
 
 
-def emotion_metrics(label_names: list[str]) -> Callable[[EvalPrediction], dict[str, Any]]:
+def emotion_collator(
+    processor: MMEmotionProcessor, modalities: list[str], cached_modalities: list[str], splits: dict[str, datasets.Dataset]
+) -> UtteranceCollator:
+    """Batches of utterances, whatever the splits hold."""
+    return UtteranceCollator(processor, modalities, cached_modalities)
+
+
+def emotion_metrics(model: PreTrainedModel) -> Callable[[EvalPrediction], dict[str, Any]]:
+    """Emotion scores of the utterances with a label; `predictions` and `label_ids` may have any leading shape."""
+    label_names = [model.config.id2label[index] for index in range(model.config.num_labels)]
     metric = evaluate.load(EMOTION_METRIC, keep_in_memory=True, label_names=label_names)
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, Any]:
@@ -641,9 +720,110 @@ def emotion_logits(outputs, labels):
     return outputs[0] if isinstance(outputs, tuple) else outputs
 
 
-def write_emotion_predictions(path: str, conversations: list[dict], output: PredictionOutput) -> None:
+def write_emotion_predictions(path: str, conversations: list[dict], output: PredictionOutput, model: PreTrainedModel) -> None:
     probabilities = torch.softmax(torch.from_numpy(output.predictions).float(), dim=-1).numpy()
-    ecf.write_predictions(path, conversations, probabilities.argmax(-1).tolist(), probabilities=probabilities.tolist())
+    emotions = [model.config.id2label[label_id] for label_id in probabilities.argmax(-1).tolist()]
+    ecf.write_predictions(path, conversations, emotions, probabilities=probabilities.tolist())
+
+
+def joint_dataset(
+    conversations: list[dict], data_args: DataTrainingArguments, processor: MMEmotionProcessor, feature_cache: FeatureCache, split: str
+) -> ConversationDataset:
+    """One row per conversation (speakers, emotion labels, gold pairs) holding the rows of its utterances: those of the
+    emotion task, with their tokens and cached encoder features."""
+    rows = ecf.conversations_to_conversation_dataset(conversations)
+    if all(label == ecf.IGNORE_INDEX for labels in rows["labels"] for label in labels):
+        rows = rows.remove_columns(["labels", "cause_pairs"])  # an unlabelled test file: predict without a loss
+    return ConversationDataset(rows, emotion_dataset(conversations, data_args, processor, feature_cache, split))
+
+
+def joint_collator(
+    processor: MMEmotionProcessor, modalities: list[str], cached_modalities: list[str], splits: dict[str, ConversationDataset]
+) -> ConversationCollator:
+    """Batches of conversations, all padded to the longest conversation of the run: `Trainer` concatenates the
+    (C, U, U) pair logits of the evaluation batches (and gathers them across processes), which needs one U."""
+    max_utterances = max(max(np.diff(dataset.offsets)) for dataset in splits.values())
+    return ConversationCollator(
+        pad_token_id=processor.tokenizer.pad_token_id,
+        pad_to_utterances=int(max_utterances),
+        utterance_collator=UtteranceCollator(processor, modalities, cached_modalities),
+    )
+
+
+def joint_logits(outputs, labels):
+    """Keeps the emotion and pair logits of the model's outputs for metrics and predictions."""
+    return outputs[0], outputs[1]
+
+
+def conversation_predictions(conversations: list[dict], output: PredictionOutput) -> ConversationPredictions:
+    """`trainer.predict` output on these conversations -> what `decode_pairs` and `tune_cause_threshold` read."""
+    emotion_logits, cause_logits = (torch.from_numpy(logits) for logits in output.predictions)
+    lengths = torch.tensor([len(conversation["conversation"]) for conversation in conversations])
+    utterance_mask = torch.arange(emotion_logits.shape[1])[None, :] < lengths[:, None]
+    return ConversationPredictions(
+        conversation_ids=[conversation["conversation_ID"] for conversation in conversations],
+        emotion_logits=emotion_logits,
+        cause_logits=cause_logits,
+        utterance_mask=utterance_mask.long(),
+    )
+
+
+def joint_metrics(model: MMEmotionForEmotionCauseExtraction) -> Callable[[EvalPrediction], dict[str, Any]]:
+    """The emotion task's scores of the utterances, and the official pair score (`pair_` + the `ecpe_pair_f1` names) of
+    the pairs that `model.decode_pairs` gives at the model's current `cause_threshold`."""
+    compute_emotion_metrics = emotion_metrics(model)
+    pair_metric = evaluate.load(ECPE_PAIR_F1, keep_in_memory=True)
+    id2label = model.config.id2label
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, Any]:
+        emotion_logits, cause_logits = prediction.predictions
+        labels, cause_labels = prediction.label_ids
+        metrics = compute_emotion_metrics(EvalPrediction(predictions=emotion_logits, label_ids=labels))
+        # Conversations are numbered by row. The gold pairs are the 1s of `cause_labels`, whose diagonal is -100
+        # exactly at padding utterances.
+        predictions = ConversationPredictions(
+            conversation_ids=list(range(len(labels))),
+            emotion_logits=torch.from_numpy(emotion_logits),
+            cause_logits=torch.from_numpy(cause_logits),
+            utterance_mask=torch.from_numpy(cause_labels.diagonal(axis1=1, axis2=2) != ecf.IGNORE_INDEX).long(),
+        )
+        pairs = model.decode_pairs(predictions.emotion_logits, predictions.cause_logits, predictions.utterance_mask)
+        references = [
+            {
+                "conversation_ID": row,
+                "emotion-cause_pairs": [
+                    [f"{emotion_index + 1}_{id2label[labels[row, emotion_index]]}", str(cause_index + 1)]
+                    for emotion_index, cause_index in zip(*np.nonzero(cause_labels[row] == 1))
+                ],
+            }
+            for row in range(len(labels))
+        ]
+        pair_scores = pair_metric.compute(predictions=pairs_to_submission(predictions, pairs, id2label), references=references)
+        return {**metrics, **{f"pair_{name}": value for name, value in pair_scores.items()}}
+
+    return compute_metrics
+
+
+def tune_joint_threshold(trainer: "MMEmotionTrainer", dataset: ConversationDataset, conversations: list[dict]) -> str:
+    """Sets `cause_threshold` to the one that maximises the weighted pair F1 on the validation conversations."""
+    model = trainer.model
+    predictions = conversation_predictions(conversations, trainer.predict(dataset, metric_key_prefix="tuning"))
+    model.config.cause_threshold, scores = tune_cause_threshold(model, predictions, conversations)
+    logger.info("Weighted pair F1 by pair threshold: " + ", ".join(f"{t}: {f1:.4f}" for t, f1 in scores.items()))
+    return (
+        f"Pair threshold {model.config.cause_threshold} tuned on the {len(conversations)} validation conversations "
+        f"among {len(scores)} values from {min(scores)} to {max(scores)}: weighted pair F1 "
+        f"{scores[model.config.cause_threshold]:.4f} (from {min(scores.values()):.4f} to {max(scores.values()):.4f})."
+    )
+
+
+def write_joint_predictions(path: str, conversations: list[dict], output: PredictionOutput, model: PreTrainedModel) -> None:
+    predictions = conversation_predictions(conversations, output)
+    pairs = model.decode_pairs(predictions.emotion_logits, predictions.cause_logits, predictions.utterance_mask)
+    probabilities = predictions.emotion_logits.softmax(dim=-1)[predictions.utterance_mask.bool()]
+    ecf.write_predictions(
+        path, conversations, predictions.emotion_predictions(), pair_predictions=pairs, probabilities=probabilities.tolist()
+    )
 
 
 @dataclass(frozen=True)
@@ -652,24 +832,75 @@ class Task:
 
     model_class: type[PreTrainedModel]
     # (conversations, data_args, processor, feature_cache, split name) -> model-ready dataset
-    build_dataset: Callable[..., datasets.Dataset]
-    # (processor, modalities, cached modalities) -> data collator
+    build_dataset: Callable[..., torch.utils.data.Dataset]
+    # (processor, modalities, cached modalities, the datasets of every split) -> data collator
     build_collator: Callable[..., Callable]
-    # label names -> `compute_metrics`
-    build_compute_metrics: Callable[[list[str]], Callable[[EvalPrediction], dict[str, Any]]]
+    # model -> `compute_metrics`
+    build_compute_metrics: Callable[[PreTrainedModel], Callable[[EvalPrediction], dict[str, Any]]]
     preprocess_logits_for_metrics: Callable
-    # (path, conversations, trainer.predict output) -> writes the predictions file
-    write_predictions: Callable[[str, list[dict], PredictionOutput], None]
+    # (path, conversations, trainer.predict output, model) -> writes the predictions file
+    write_predictions: Callable[[str, list[dict], PredictionOutput, PreTrainedModel], None]
+    # The model card: what the model does and task-specific lines of its "Model" section (`str.format` templates
+    # over the config's settings), and the lines of the usage example after loading `model` and `processor`
+    card_summary: str
+    card_model_lines: tuple[str, ...]
+    card_usage: tuple[str, ...]
+    # (trainer, validation dataset, validation conversations) -> adjusts the trained model before it is evaluated and
+    # saved (the joint task's pair threshold) and returns a model-card line saying what it did
+    calibrate: Callable[["MMEmotionTrainer", torch.utils.data.Dataset, list[dict]], str] | None = None
 
 
 TASKS = {
     "emotion": Task(
         model_class=MMEmotionForEmotionClassification,
         build_dataset=emotion_dataset,
-        build_collator=UtteranceCollator,
+        build_collator=emotion_collator,
         build_compute_metrics=emotion_metrics,
         preprocess_logits_for_metrics=emotion_logits,
         write_predictions=write_emotion_predictions,
+        card_summary="Utterance-level emotion recognition in conversations (ECF / SemEval-2024 Task 3 labels) with "
+        "mmemotion: per-modality encoders, masked {pooling} pooling of each modality, fusion by concatenation and an "
+        "MLP head. Each utterance is classified on its own.",
+        card_model_lines=(),
+        card_usage=(
+            'inputs = processor(text=["Oh my God, you got the job!"], return_tensors="pt")',
+            "with torch.no_grad():",
+            "    probabilities = model(**inputs).logits.softmax(-1)",
+            "print(model.config.id2label[probabilities.argmax(-1).item()])",
+        ),
+    ),
+    "joint": Task(
+        model_class=MMEmotionForEmotionCauseExtraction,
+        build_dataset=joint_dataset,
+        build_collator=joint_collator,
+        build_compute_metrics=joint_metrics,
+        preprocess_logits_for_metrics=joint_logits,
+        write_predictions=write_joint_predictions,
+        card_summary="Emotion recognition and emotion-cause pair extraction in conversations (SemEval-2024 Task 3 "
+        "subtask 2, ECF labels) with mmemotion: per-modality encoders, masked {pooling} pooling of each modality and "
+        "fusion by concatenation give one vector per utterance; a {context_encoder} over the conversation (with speaker "
+        "embeddings) gives the emotion of each utterance in context, and a pair scorer the probability that an "
+        "utterance caused the emotion of another one. Every utterance with a predicted emotion other than neutral gets "
+        "the candidate causes whose probability reaches the pair threshold, and at least its most probable one.",
+        card_model_lines=(
+            "- Conversation encoder: {context_encoder}, {context_hidden_size} wide, {context_num_layers} layer(s); "
+            "candidate causes up to {cause_window} utterances away",
+            "- Pair threshold: {cause_threshold} (`config.cause_threshold`, read by `model.decode_pairs`)",
+        ),
+        card_usage=(
+            'conversation = [("Ross", "I got the job!"), ("Rachel", "Oh my God, that is wonderful!")]',
+            'inputs = processor(text=[text for _, text in conversation], return_tensors="pt")',
+            "batch = {name: value[None] for name, value in inputs.items()}  # one conversation: (1, utterances, ...)",
+            'batch["utterance_mask"] = torch.ones(1, len(conversation), dtype=torch.long)',
+            "speakers = {}",
+            'batch["speaker_ids"] = torch.tensor([[speakers.setdefault(name, len(speakers)) for name, _ in conversation]])',
+            "with torch.no_grad():",
+            "    outputs = model(**batch)",
+            "emotions = [model.config.id2label[index] for index in outputs.emotion_logits[0].argmax(-1).tolist()]",
+            'pairs = model.decode_pairs(outputs.emotion_logits, outputs.cause_logits, batch["utterance_mask"])[0]',
+            'print(emotions, [[f"{i + 1}_{emotions[i]}", str(j + 1)] for i, j in pairs])',
+        ),
+        calibrate=tune_joint_threshold,
     ),
 }
 
@@ -724,6 +955,9 @@ class ModelCardInfo:
     text_model: str | None
     lora: str | None
     training_data: list[str]
+    task: str = "emotion"
+    # What `Task.calibrate` did to the trained model, e.g. the tuned pair threshold.
+    calibration: str | None = None
     eval_metrics: dict[str, Any] | None = None
 
 
@@ -740,12 +974,12 @@ def render_model_card(config: MMEmotionConfig, training_args: TrainingArguments,
         for modality in config.modalities
     )
     repo = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+    task = TASKS[info.task]
+    settings = config.to_dict()
     lines = [
         f"# {repo.split('/')[-1]}",
         "",
-        "Utterance-level emotion recognition in conversations (ECF / SemEval-2024 Task 3 labels) with mmemotion: "
-        f"per-modality encoders, masked {config.pooling} pooling of each modality, fusion by concatenation and an MLP "
-        "head. Each utterance is classified on its own.",
+        task.card_summary.format_map(settings),
         "",
         "## Model",
         f"- Modalities and encoders: {encoders}",
@@ -755,6 +989,7 @@ def render_model_card(config: MMEmotionConfig, training_args: TrainingArguments,
         source = base_model or ("a local folder" if info.text_model else "the preset / checkpoint")
         lines.append(f"- Text model: {config.text_config.model_type} from {source} ({config.text_embedding})")
     lines += [
+        *(line.format_map(settings) for line in task.card_model_lines),
         f"- LoRA: {info.lora or 'none'}",
         "",
         "## Labels",
@@ -770,6 +1005,8 @@ def render_model_card(config: MMEmotionConfig, training_args: TrainingArguments,
         "",
         "## Evaluation",
     ]
+    if info.calibration:
+        lines += [info.calibration, ""]
     if info.eval_metrics:
         lines += ["| metric | value |", "|---|---|"]
         lines += [
@@ -794,10 +1031,7 @@ def render_model_card(config: MMEmotionConfig, training_args: TrainingArguments,
         "",
         f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True).eval()',
         f'processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)',
-        'inputs = processor(text=["Oh my God, you got the job!"], return_tensors="pt")',
-        "with torch.no_grad():",
-        "    probabilities = model(**inputs).logits.softmax(-1)",
-        "print(model.config.id2label[probabilities.argmax(-1).item()])",
+        *task.card_usage,
         "```",
     ]
     if "video" in config.modalities or "audio" in config.modalities:
@@ -884,12 +1118,19 @@ def describe_splits(conversations: dict[str, list[dict]], data_args: DataTrainin
     ]
 
 
-def main(args: list[str] | None = None) -> None:
+def parse_arguments(args: list[str] | None) -> tuple[ModelArguments, DataTrainingArguments, MMEmotionTrainingArguments]:
+    """The command line (or a single JSON file of arguments), with the training defaults of its task."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, MMEmotionTrainingArguments))
     if args is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=args)
+        with open(sys.argv[1], encoding="utf-8") as file:
+            values = json.load(file)
+        return parser.parse_dict({**TASK_TRAINING_DEFAULTS[values.get("task", DataTrainingArguments.task)], **values})
+    parser.set_defaults(**TASK_TRAINING_DEFAULTS[parser.parse_known_args(args)[0].task])
+    return parser.parse_args_into_dataclasses(args=args)
+
+
+def main(args: list[str] | None = None) -> None:
+    model_args, data_args, training_args = parse_arguments(args)
 
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
@@ -912,6 +1153,11 @@ def main(args: list[str] | None = None) -> None:
     set_seed(training_args.seed)
 
     task = TASKS[data_args.task]
+    if data_args.task == "joint" and training_args.train_sampling_strategy in ("group_by_length", "batch_rebalance"):
+        raise ValueError(
+            f"--train_sampling_strategy {training_args.train_sampling_strategy} groups utterances by token count: the "
+            "joint task batches whole conversations, use `random` (its default) or `sequential`."
+        )
     conversations = load_conversations(data_args, training_args)
     class_weights = None
     if model_args.class_weights == "balanced":
@@ -944,7 +1190,7 @@ def main(args: list[str] | None = None) -> None:
             split: task.build_dataset(split_conversations, data_args, processor, feature_cache, split)
             for split, split_conversations in conversations.items()
         }
-        compute_metrics = task.build_compute_metrics(label_names)
+        compute_metrics = task.build_compute_metrics(model)
 
     trainer = MMEmotionTrainer(
         model=model,
@@ -952,10 +1198,11 @@ def main(args: list[str] | None = None) -> None:
         train_dataset=splits.get("train"),
         eval_dataset=splits.get("validation"),
         processing_class=processor,
-        data_collator=task.build_collator(processor, modalities, cached_modalities),
+        data_collator=task.build_collator(processor, modalities, cached_modalities, splits),
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
         model_card_info=ModelCardInfo(
+            task=data_args.task,
             text_model=model_args.text_model_name_or_path,
             lora=None if peft_model is None else describe_lora(peft_model, model_args.merge_lora),
             training_data=describe_splits(conversations, data_args)
@@ -969,6 +1216,12 @@ def main(args: list[str] | None = None) -> None:
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
+        if task.calibrate is not None:
+            if "validation" in splits:
+                trainer.model_card_info.calibration = task.calibrate(trainer, splits["validation"], conversations["validation"])
+                logger.info(trainer.model_card_info.calibration)
+            else:
+                logger.warning(f"No validation data to calibrate the {data_args.task} model on: its config stays as it is.")
 
     if training_args.do_eval:
         metrics = {**trainer.evaluate(), "eval_samples": len(splits["validation"])}
@@ -986,7 +1239,7 @@ def main(args: list[str] | None = None) -> None:
             trainer.save_metrics("predict", output.metrics)
         if trainer.is_world_process_zero():
             path = os.path.join(training_args.output_dir, "predictions.json")
-            task.write_predictions(path, conversations["test"], output)
+            task.write_predictions(path, conversations["test"], output, trainer.model)
             logger.info(f"Predictions written to {path}")
 
     if training_args.do_train or model_args.merge_lora:
