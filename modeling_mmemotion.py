@@ -377,6 +377,13 @@ class MMEmotionPreTrainedModel(PreTrainedModel):
         self._set_full_auto_map()
         super().save_pretrained(save_directory, *args, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        # transformers loads every weight as a trainable parameter: freeze the frozen encoders again, as `__init__` did.
+        model.base_model.freeze_encoders()
+        return model
+
 
 class MMEmotionModel(MMEmotionPreTrainedModel):
     """The encoders, per-modality pooling and fusion: one vector per utterance (no task head)."""
@@ -395,8 +402,12 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
         )
         self.missing_modality_embeds = nn.Parameter(torch.zeros(len(self.modalities), config.projection_size))
         self.post_init()
+        self.freeze_encoders()
+
+    def freeze_encoders(self):
+        """Turn off the gradients of every encoder that the config freezes (`freeze_{modality}_encoder`)."""
         for modality in self.modalities:
-            if getattr(config, f"freeze_{modality}_encoder"):
+            if getattr(self.config, f"freeze_{modality}_encoder"):
                 self.encoder(modality).requires_grad_(False)
 
     def encoder(self, modality: str) -> nn.Module:

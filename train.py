@@ -423,11 +423,6 @@ def load_model(model_class: type[PreTrainedModel], config: MMEmotionConfig, mode
         )
         if unload_lora(model, merge=True):
             logger.info(f"Merged the LoRA adapter of {model_args.model_name_or_path} into its text encoder.")
-        # transformers loads every weight as a trainable parameter: freeze the encoders that the config freezes again,
-        # as the model's `__init__` did, so that they stay frozen (and cached).
-        for modality in config.modalities:
-            if getattr(config, f"freeze_{modality}_encoder"):
-                model.base_model.encoder(modality).requires_grad_(False)
     else:
         model = model_class(config)
     if model_args.text_model_name_or_path is not None:

@@ -214,3 +214,12 @@ def test_scaled_down_seed_presets_train(preset):
     loss.backward()
     assert torch.isfinite(loss)
     assert model.classifier.dense.weight.grad is not None
+
+
+def test_frozen_encoders_stay_frozen_after_from_pretrained(tmp_path):
+    MMEmotionForEmotionClassification(tiny_config(freeze_text_encoder=False)).save_pretrained(tmp_path)
+    loaded = MMEmotionForEmotionClassification.from_pretrained(tmp_path)
+    assert not any(p.requires_grad for p in loaded.mmemotion.video_encoder.parameters())
+    assert not any(p.requires_grad for p in loaded.mmemotion.audio_encoder.parameters())
+    assert all(p.requires_grad for p in loaded.mmemotion.text_encoder.parameters())
+    assert all(p.requires_grad for p in loaded.classifier.parameters())
