@@ -89,6 +89,8 @@ PREEMPHASIS = 0.97
 KALDI_MEL_FLOOR = float(np.finfo(np.float32).eps)
 
 DECODERS = ("auto", "decord", "pyav")
+# The swscale filter decord resizes with (its FFmpeg's `scale` filter default), asked of PyAV so both decoders agree.
+DECODER_INTERPOLATION = "BILINEAR"
 
 
 class MissingStreamError(Exception):
@@ -172,8 +174,13 @@ class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
     Constructs a VideoLLaMA (v1) video feature extractor.
 
     Samples `num_frames` frames uniformly (`np.arange(0, vlen, vlen / n).astype(int)` with `n = min(num_frames,
-    vlen)`, as VideoLLaMA does), resizes them straight to `size` (no crop, aspect ratio not kept) with bicubic
-    interpolation, rescales to [0, 1] and normalises with the CLIP mean and standard deviation.
+    vlen)`, as VideoLLaMA does), resizes them straight to `size` (no crop, aspect ratio not kept), rescales to [0, 1]
+    and normalises with the CLIP mean and standard deviation.
+
+    By default the decoder's own scaler resizes, as the VideoLLaMA loader does (`decord.VideoReader(path, width=224,
+    height=224)`, then normalisation only): FFmpeg's swscale with bilinear filtering (the `scale` filter's default in
+    the FFmpeg decord bundles; PyAV is asked for the same). It is also the fast path: only small RGB frames are made
+    (`benchmarks/results/speed-work.md`). Frames given as arrays are resized by torch (bicubic).
 
     Args:
         num_frames (`int`, *optional*, defaults to 8):
@@ -188,10 +195,9 @@ class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
             Per-channel standard deviation divided by after rescaling.
         decoder (`str`, *optional*, defaults to `"auto"`):
             `"decord"`, `"pyav"`, or `"auto"` (decord when installed, PyAV when decord is missing or fails on a file).
-        resize_in_decoder (`bool`, *optional*, defaults to `False`):
-            Let the decoder's own scaler produce `size` frames (faster on large videos, as the original VideoLLaMA
-            loader does). The default resizes with torch's bicubic interpolation (pytorchvideo's `ResizeVideo`),
-            which is the reference the values are checked against.
+        resize_in_decoder (`bool`, *optional*, defaults to `True`):
+            Let the decoder's scaler produce `size` frames (bilinear swscale). `False` decodes frames at their stored
+            size and resizes them with torch's bicubic interpolation (pytorchvideo's `ResizeVideo`) instead.
     """
 
     model_input_names = ["pixel_values_videos", "video_frame_mask", "video_mask"]
@@ -204,7 +210,7 @@ class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         decoder: str = "auto",
-        resize_in_decoder: bool = False,
+        resize_in_decoder: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -256,7 +262,9 @@ class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
             num_decoded = 0
             for num_decoded, frame in enumerate(container.decode(stream), start=1):
                 if num_decoded - 1 in wanted:
-                    frames.append(frame.to_ndarray(format="rgb24", width=width, height=height))
+                    frames.append(
+                        frame.to_ndarray(format="rgb24", width=width, height=height, interpolation=DECODER_INTERPOLATION)
+                    )
                 if len(frames) == len(wanted):
                     break
         if len(frames) < len(wanted):

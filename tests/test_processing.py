@@ -76,12 +76,31 @@ def test_normalisation_of_a_solid_frame():
     )
 
 
-def test_normalisation_of_a_solid_mp4(tmp_path):
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_normalisation_of_a_solid_mp4(tmp_path, decoder):
     colour = np.array([200, 120, 60])
     path = write_mp4(tmp_path / "solid.mp4", solid_color_clip(tuple(colour), 4, 32, 32))
-    pixel_values = MMEmotionVideoFeatureExtractor()(path)["pixel_values_videos"][0]
-    # yuv420p round trip moves a colour by a few levels.
-    np.testing.assert_allclose(unnormalise(pixel_values).mean(axis=(0, 2, 3)), colour, atol=4)
+    extractor = MMEmotionVideoFeatureExtractor(decoder=decoder)
+    frames = extractor.fetch_frames(path)
+    # By default the decoder resizes; yuv420p round trip moves a colour by a few levels.
+    assert frames.shape == (4, 224, 224, 3) and frames.dtype == np.uint8
+    np.testing.assert_allclose(frames.reshape(-1, 3), np.broadcast_to(colour, (4 * 224 * 224, 3)), atol=4)
+    # Then only rescaling and normalisation, computed here by hand.
+    mean, std = np.array(CLIP_MEAN).reshape(3, 1, 1), np.array(CLIP_STD).reshape(3, 1, 1)
+    expected = (frames.transpose(0, 3, 1, 2) / 255 - mean) / std
+    np.testing.assert_allclose(extractor(path)["pixel_values_videos"][0], expected, atol=1e-5)
+
+
+def test_decord_and_pyav_resize_alike(tmp_path):
+    # Downscaling a textured clip: both decoders use bilinear swscale (their FFmpeg versions round a little apart).
+    y, x = np.mgrid[0:240, 0:320]
+    frame = np.stack([128 + 100 * np.sin(x / 17), 128 + 90 * np.cos(y / 13), 128 + 80 * np.sin((x + y) / 19)], axis=-1)
+    path = write_mp4(tmp_path / "textured.mp4", np.repeat(frame[None].astype(np.uint8), 4, axis=0))
+    decord_frames, pyav_frames = (
+        MMEmotionVideoFeatureExtractor(decoder=decoder).fetch_frames(path).astype(float) for decoder in ("decord", "pyav")
+    )
+    assert decord_frames.shape == pyav_frames.shape == (4, 224, 224, 3)
+    assert np.abs(decord_frames - pyav_frames).mean() < 1.5
 
 
 def test_sample_frame_indices_follow_videollama():
