@@ -25,6 +25,7 @@ and every (emotion utterance, candidate cause) pair within `config.cause_window`
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +96,43 @@ def _scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return output
 
 
+def _encode_positioned_items(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    items: torch.Tensor,
+    item_mask: torch.Tensor | None,
+    position_embedding: nn.Embedding,
+    item_name: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The first stage of both VideoLLaMA branches: `encode` the real items (frames or audio clips) of `items` (batch,
+    num_items, ...) at once, put them back in place with zeros for the padding ones, and add each item's position
+    embedding (broadcast over any token dimension `encode` adds). Returns the features and the item mask (all ones
+    when `item_mask` is None).
+    """
+    batch_size, num_items = items.shape[:2]
+    if num_items > position_embedding.num_embeddings:
+        raise ValueError(
+            f"Got {num_items} {item_name} per item; the branch has positions for {position_embedding.num_embeddings}."
+        )
+    if item_mask is None:
+        item_mask = torch.ones(batch_size, num_items, dtype=torch.long, device=items.device)
+    present = item_mask.bool()
+    features = _scatter_rows(encode(items[present]), present)
+    position_embeds = position_embedding(torch.arange(num_items, device=items.device))
+    position_embeds = position_embeds.view(1, num_items, *[1] * (features.dim() - 3), -1)
+    return features + position_embeds, item_mask
+
+
+def _query_and_project(
+    query_tokens: nn.Parameter, qformer: Blip2QFormerModel, projection: nn.Linear, tokens: torch.Tensor, token_mask: torch.Tensor
+) -> torch.Tensor:
+    """The second stage of both VideoLLaMA branches: learned queries read the item tokens through a Q-Former, and are
+    projected to the language model's width."""
+    queries = query_tokens.expand(tokens.shape[0], -1, -1)
+    hidden = qformer(query_embeds=queries, encoder_hidden_states=tokens, encoder_attention_mask=token_mask).last_hidden_state
+    return projection(hidden)
+
+
 def _emotion_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, config: MMEmotionConfig) -> torch.Tensor:
     """Cross-entropy over the last dimension of `logits`, -100 labels ignored, with `config.class_weights` if set."""
     weight = None
@@ -138,22 +176,12 @@ class VideoLlamaVideoEncoder(nn.Module):
         Returns:
             `torch.FloatTensor` of shape `(batch_size, num_video_query_tokens, llm_hidden_size)`.
         """
-        batch_size, num_frames = pixel_values_videos.shape[:2]
-        if num_frames > self.config.max_frame_positions:
-            raise ValueError(f"Got {num_frames} frames per clip; the video branch has {self.config.max_frame_positions} frame positions.")
-        if video_frame_mask is None:
-            video_frame_mask = torch.ones(batch_size, num_frames, dtype=torch.long, device=pixel_values_videos.device)
-        frame_mask = video_frame_mask.bool()
-        frame_features = _scatter_rows(self.encode_frames(pixel_values_videos[frame_mask]), frame_mask)
-        positions = torch.arange(num_frames, device=pixel_values_videos.device)
-        frame_features = frame_features + self.frame_position_embedding(positions)[None, :, None, :]
+        frame_features, video_frame_mask = _encode_positioned_items(
+            self.encode_frames, pixel_values_videos, video_frame_mask, self.frame_position_embedding, "frames"
+        )
         frame_tokens = frame_features.flatten(1, 2)  # (B, T * num_query_tokens, width)
         token_mask = video_frame_mask.repeat_interleave(self.config.num_query_tokens, dim=1)
-        video_query_tokens = self.video_query_tokens.expand(batch_size, -1, -1)
-        video_tokens = self.video_qformer(
-            query_embeds=video_query_tokens, encoder_hidden_states=frame_tokens, encoder_attention_mask=token_mask
-        ).last_hidden_state
-        return self.llama_proj(video_tokens)
+        return _query_and_project(self.video_query_tokens, self.video_qformer, self.llama_proj, frame_tokens, token_mask)
 
 
 class ImageBindAudioEmbeddings(nn.Module):
@@ -249,20 +277,12 @@ class VideoLlamaAudioEncoder(nn.Module):
         Returns:
             `torch.FloatTensor` of shape `(batch_size, num_audio_query_tokens, llm_hidden_size)`.
         """
-        batch_size, num_clips = audio_values.shape[:2]
-        if num_clips > self.config.max_clip_positions:
-            raise ValueError(f"Got {num_clips} audio clips; the audio branch has {self.config.max_clip_positions} clip positions.")
-        if audio_clip_mask is None:
-            audio_clip_mask = torch.ones(batch_size, num_clips, dtype=torch.long, device=audio_values.device)
-        clip_mask = audio_clip_mask.bool()
-        clip_embeds = _scatter_rows(self.audio_model(audio_values[clip_mask]), clip_mask)
-        positions = torch.arange(num_clips, device=audio_values.device)
-        clip_embeds = clip_embeds + self.audio_position_embedding(positions)[None]
-        audio_query_tokens = self.audio_query_tokens.expand(batch_size, -1, -1)
-        audio_tokens = self.audio_qformer(
-            query_embeds=audio_query_tokens, encoder_hidden_states=clip_embeds, encoder_attention_mask=audio_clip_mask
-        ).last_hidden_state
-        return self.audio_llama_proj(audio_tokens)
+        clip_embeds, audio_clip_mask = _encode_positioned_items(
+            self.audio_model, audio_values, audio_clip_mask, self.audio_position_embedding, "audio clips"
+        )
+        return _query_and_project(
+            self.audio_query_tokens, self.audio_qformer, self.audio_llama_proj, clip_embeds, audio_clip_mask
+        )
 
 
 class MMEmotionTextEncoder(nn.Module):

@@ -121,6 +121,18 @@ def test_missing_branch_input_is_a_clear_error(tiny_model):
         tiny_model(**inputs)
 
 
+@pytest.mark.parametrize(("modality", "match"), [("video", "9 frames per item; the branch has positions for 8"), ("audio", "9 audio clips per item; the branch has positions for 8")])
+def test_more_frames_or_clips_than_positions_is_a_clear_error(modality, match):
+    config = tiny_config()
+    config.video_config.max_frame_positions = config.audio_config.max_clip_positions = 8
+    model = MMEmotionForEmotionClassification(config).eval()
+    inputs = random_inputs(config, batch_size=1, num_frames=8, num_clips=8)
+    model(**inputs)  # as many as there are positions: fine
+    too_many = random_inputs(config, batch_size=1, num_frames=9 if modality == "video" else 8, num_clips=9 if modality == "audio" else 8)
+    with pytest.raises(ValueError, match=match):
+        model(**too_many)
+
+
 def test_cached_features_give_the_same_logits(tiny_model):
     inputs = random_inputs(tiny_model.config)
     with torch.no_grad():
