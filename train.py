@@ -37,6 +37,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import datasets
@@ -48,10 +49,12 @@ from datasets.fingerprint import Hasher
 from huggingface_hub import ModelCard, ModelCardData
 from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
+from torch.utils.data import DataLoader
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoTokenizer,
+    BatchFeature,
     EvalPrediction,
     HfArgumentParser,
     PreTrainedModel,
@@ -479,11 +482,11 @@ def add_lora(model: PreTrainedModel, model_args: ModelArguments):
 # Utterance inputs: tokens, frozen-encoder feature cache, collator
 
 
-def media_processor_inputs(modality: str, video_paths: list[str | None]) -> dict[str, Any]:
-    """Processor arguments that read one modality (`video` or `audio`) from the utterances' clips."""
+def process_media(processor: MMEmotionProcessor, modality: str, video_paths: list[str | None]) -> BatchFeature:
+    """Processor outputs (tensors) of one modality (`video` or `audio`) read from the utterances' clips."""
     if modality == "video":
-        return {"videos": video_paths, "use_audio_from_video": False}
-    return {"audio": video_paths}
+        return processor(videos=video_paths, use_audio_from_video=False, return_tensors="pt")
+    return processor(audio=video_paths, return_tensors="pt")
 
 
 def tokenize_utterances(dataset: datasets.Dataset, processor: MMEmotionProcessor, max_length: int) -> datasets.Dataset:
@@ -524,14 +527,24 @@ class FeatureCache:
         modalities: the modalities to cache.
         cache_dir: the cache folder; files go to `cache_dir/<modality>/<fingerprint>.arrow`.
         batch_size: utterances encoded at once.
+        num_workers: DataLoader worker processes that read and preprocess the clips (0: this process does).
     """
 
-    def __init__(self, model: PreTrainedModel, processor: MMEmotionProcessor, modalities: list[str], cache_dir: str, batch_size: int):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        processor: MMEmotionProcessor,
+        modalities: list[str],
+        cache_dir: str,
+        batch_size: int,
+        num_workers: int = 0,
+    ):
         self.model = model
         self.processor = processor
         self.modalities = modalities
         self.cache_dir = cache_dir
         self.batch_size = batch_size
+        self.num_workers = num_workers
         # The encoder part of each fingerprint, computed once for all splits (hashing the weights reads all of them).
         self.encoder_keys = {modality: self._encoder_key(modality) for modality in modalities}
 
@@ -577,15 +590,26 @@ class FeatureCache:
         sub-batch holds transcripts of similar lengths (on ECF, 2.5x fewer padded tokens than in data order)."""
         num_rows = len(batch["video_path"])
         order = np.argsort(batch["length"], kind="stable") if modality == "text" else np.arange(num_rows)
+        sub_batches = [order[start : start + self.batch_size] for start in range(0, num_rows, self.batch_size)]
+        if modality == "text":
+            sub_batch_inputs = (
+                self.processor.tokenizer.pad(
+                    [{"input_ids": batch["input_ids"][row], "attention_mask": batch["attention_mask"][row]} for row in rows],
+                    return_tensors="pt",
+                )
+                for rows in sub_batches
+            )
+        else:
+            # Workers decode the next clips while this process runs the encoders, which otherwise wait for them
+            # (benchmarks/results/speed-work.md).
+            sub_batch_inputs = DataLoader(
+                [[batch["video_path"][row] for row in rows] for rows in sub_batches],
+                batch_size=None,
+                num_workers=self.num_workers,
+                collate_fn=partial(process_media, self.processor, modality),
+            )
         features, masks = [None] * num_rows, [None] * num_rows
-        for start in range(0, num_rows, self.batch_size):
-            rows = order[start : start + self.batch_size]
-            if modality == "text":
-                tokens = [{"input_ids": batch["input_ids"][row], "attention_mask": batch["attention_mask"][row]} for row in rows]
-                inputs = self.processor.tokenizer.pad(tokens, return_tensors="pt")
-            else:
-                video_paths = [batch["video_path"][row] for row in rows]
-                inputs = self.processor(**media_processor_inputs(modality, video_paths), return_tensors="pt")
+        for rows, inputs in zip(sub_batches, sub_batch_inputs):
             inputs = inputs.to(self.model.device)
             encoded = self.model.base_model.encode_modalities(**inputs)[f"{modality}_features"].float().cpu().numpy()
             if modality == "text":  # one row per real token
@@ -668,8 +692,7 @@ class UtteranceCollator:
                 batch[f"{modality}_features"] = torch.stack([row[f"{modality}_features"] for row in rows])
                 batch[f"{modality}_mask"] = torch.tensor([row[f"{modality}_mask"] for row in rows])
             else:
-                video_paths = [row["video_path"] for row in rows]
-                batch.update(self.processor(**media_processor_inputs(modality, video_paths), return_tensors="pt"))
+                batch.update(process_media(self.processor, modality, [row["video_path"] for row in rows]))
         if "label" in rows[0]:
             batch["labels"] = torch.tensor([row["label"] for row in rows])
         return batch
@@ -1177,7 +1200,12 @@ def main(args: list[str] | None = None) -> None:
     live_modalities = [modality for modality in modalities if modality not in cached_modalities]
     logger.info(f"Encoder features cached: {cached_modalities or 'none'}; encoders run live: {live_modalities or 'none'}")
     feature_cache = FeatureCache(
-        model, processor, cached_modalities, data_args.feature_cache_dir, training_args.per_device_eval_batch_size
+        model,
+        processor,
+        cached_modalities,
+        data_args.feature_cache_dir,
+        training_args.per_device_eval_batch_size,
+        num_workers=training_args.dataloader_num_workers,
     )
     # The main process tokenizes, encodes and writes the cache first; the others then read it.
     with training_args.main_process_first(desc="dataset preparation and feature cache"):

@@ -169,6 +169,23 @@ def test_feature_cache_hits_misses_invalidation_and_equals_live_encoders(tmp_pat
     assert add_features(shorter)[1] == {"text": "miss", "video": "hit", "audio": "hit"}
 
 
+def test_feature_cache_built_by_workers_equals_one_built_in_process(tmp_path, clip_dataset):
+    torch.manual_seed(0)
+    model = MMEmotionForEmotionClassification(MMEmotionConfig.from_pretrained(TINY)).eval()
+    processor = MMEmotionProcessor.from_pretrained(TINY)
+    dataset = train.tokenize_utterances(clip_dataset, processor, max_length=32)
+    built = {
+        num_workers: train.FeatureCache(
+            model, processor, ["video", "audio"], str(tmp_path / f"cache{num_workers}"), batch_size=2, num_workers=num_workers
+        ).add_features(dataset, "validation")[:]
+        for num_workers in (0, 2)
+    }
+    # Every utterance has its own clip: rows in another order would not match.
+    assert len(set(map(tuple, built[0]["video_features"].flatten(1)[:, :4].tolist()))) == len(dataset)
+    for column in ("video_features", "audio_features", "video_mask", "audio_mask"):
+        torch.testing.assert_close(torch.as_tensor(built[2][column]), torch.as_tensor(built[0][column]))
+
+
 # --- end-to-end runs ----------------------------------------------------------------------------------------------
 
 
