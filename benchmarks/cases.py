@@ -10,6 +10,7 @@ its own by the video / audio / pipeline cases.
 import json
 import os
 import statistics
+import tempfile
 import time
 from functools import partial
 
@@ -52,6 +53,8 @@ VIDEO_MODES = {
     "sampled, torch resize": {"decode_everything": False, "resize_in_decoder": False},
     "sampled, decoder resize": {"decode_everything": False, "resize_in_decoder": True},
 }
+# Every frame decoded and nothing else (`DecodedFrameCounts`).
+FLOOR_MODE = "decode only, every frame"
 # Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs these benchmarks are likely to meet, by name fragment.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0}
 
@@ -149,10 +152,31 @@ class VideoClips(Dataset):
         return self.extractor.extract(path)
 
 
+class DecodedFrameCounts(Dataset):
+    """
+    The H.264 floor: PyAV decodes every frame of each clip, with no colour conversion, resize or sampling (an item is
+    the number of frames). A decoder cannot do less for the last sampled frame: inter-coded frames need the
+    reference frames before them, and a 3 s utterance lies inside one GOP.
+    """
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> int:
+        with av.open(self.paths[index]) as container:
+            return sum(1 for _ in container.decode(video=0))
+
+
 def video_decoding(
     clip: str, seconds: float, num_clips: int, repeats: int, workers: list[int], decoders: list[str]
 ) -> list[dict]:
-    """Decode + preprocess throughput (clips/s) of one clip length, for every decoder, `VIDEO_MODES` and worker count."""
+    """
+    Decode + preprocess throughput (clips/s) of one clip length, for every decoder, `VIDEO_MODES` and worker count;
+    and the decoding floor (`DecodedFrameCounts`, as the PyAV row).
+    """
     rows = []
     for decoder in decoders:
         for mode, options in VIDEO_MODES.items():
@@ -163,6 +187,9 @@ def video_decoding(
                 rows.append(
                     {"seconds": seconds, "decoder": decoder, "mode": mode, "workers": num_workers, "clips_per_s": rate}
                 )
+    for num_workers in workers:
+        rate = _items_per_second(DecodedFrameCounts([clip] * num_clips), num_workers, repeats)
+        rows.append({"seconds": seconds, "decoder": "pyav", "mode": FLOOR_MODE, "workers": num_workers, "clips_per_s": rate})
     return rows
 
 
@@ -457,7 +484,7 @@ def training_epoch(
 
     model.train()
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=1e-4)
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4, fused=True)  # Trainer's default optimizer
 
     def step_seconds(step: int) -> float:
         batch = batches(step)
@@ -493,26 +520,33 @@ def training_epoch(
 
 def scaling_utterances(clip: str, counts: list[int], repeats: int, workers: int, batch_size: int) -> list[dict]:
     """
-    Time to build the tiny preset's feature cache (the processor in DataLoader workers, the encoders in this process)
-    vs the number of utterances, with torch's default number of threads in this process and with one: the workers
-    keep the cores busy, and busy cores stall torch's OpenMP threads.
+    Time to build the tiny preset's video and audio feature cache with `train.FeatureCache` (the processor in 0 or
+    `workers` DataLoader workers, the encoders in this process) vs the number of utterances; at the largest number also
+    with one torch thread in this process (the workers keep the cores busy, which can stall torch's OpenMP threads).
     """
-    _, collate = _tiny_processor_collator()
+    import datasets
+
+    import train
+
     model = MMEmotionForEmotionClassification(load_config("tiny")).eval()
+    processor = MMEmotionProcessor.from_pretrained(TINY)
+    datasets.disable_progress_bars()
 
-    def build_cache(loader: DataLoader):
-        with torch.inference_mode():
-            for batch in loader:
-                model.mmemotion.encode_modalities(**batch)
+    def build_cache(dataset: datasets.Dataset, num_workers: int):
+        with tempfile.TemporaryDirectory(prefix="mmemotion-cache-") as cache_dir:  # empty: every build is a miss
+            train.FeatureCache(model, processor, ["video", "audio"], cache_dir, batch_size, num_workers).add_features(dataset, "bench")
 
-    rows, default_threads = [], torch.get_num_threads()
-    for threads in sorted({default_threads, 1}, reverse=True):
+    default_threads = torch.get_num_threads()
+    settings = [(count, num_workers, default_threads) for num_workers in sorted({0, workers}) for count in counts]
+    if default_threads > 1:
+        settings.append((max(counts), workers, 1))
+    rows = []
+    for count, num_workers, threads in settings:
         torch.set_num_threads(threads)
-        for count in counts:
-            loader = DataLoader([clip] * count, batch_size=batch_size, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0)
-            seconds = median_seconds(partial(build_cache, loader), repeats)
-            row = {"utterances": count, "workers": workers, "threads": threads, "seconds": seconds}
-            rows.append({**row, "ms_per_utterance": seconds / count * 1000})
+        dataset = datasets.Dataset.from_dict({"video_path": [clip] * count})
+        seconds = median_seconds(partial(build_cache, dataset, num_workers), repeats)
+        row = {"utterances": count, "workers": num_workers, "threads": threads, "seconds": seconds}
+        rows.append({**row, "ms_per_utterance": seconds / count * 1000})
     torch.set_num_threads(default_threads)
     return rows
 

@@ -67,6 +67,12 @@ def headlines(results: dict) -> list[str]:
         )
         if "tiny" in flops:
             line += f" (its encoders cost {flops['tiny']:.2f} GFLOP per utterance)"
+        floor = _find(video, seconds=seconds, decoder="pyav", mode="decode only, every frame", workers=workers)
+        if floor:
+            line += (
+                f"; bare H.264 decoding of every frame of these clips, with nothing else, runs at "
+                f"{_number(floor['clips_per_s'])} clips/s with {workers} workers"
+            )
         if mid:
             line += f"; the mid-size preset's forward runs at {_number(mid['utterances_per_s'])} utterances/s"
             if "mid" in flops:
@@ -87,15 +93,21 @@ def headlines(results: dict) -> list[str]:
     cache_building = _rows(results, "scaling_utterances")
     if cache_building:
         largest = max(row["utterances"] for row in cache_building)
-        by_threads = {row["threads"]: row for row in cache_building if row["utterances"] == largest}
-        if len(by_threads) > 1:
-            default, single = by_threads[max(by_threads)], by_threads[1]
-            lines.append(
-                f"- Building the tiny feature cache with {default['workers']} workers: "
-                f"{_number(default['ms_per_utterance'])} ms/utterance with {default['threads']} torch threads in the main "
-                f"process, {_number(single['ms_per_utterance'])} ms with 1 "
-                f"({default['ms_per_utterance'] / single['ms_per_utterance']:.1f}x): busy cores stall OpenMP threads."
+        at_largest = [row for row in cache_building if row["utterances"] == largest]
+        threads = max(row["threads"] for row in at_largest)
+        by_workers = {row["workers"]: row for row in at_largest if row["threads"] == threads}
+        if len(by_workers) > 1:
+            serial, parallel = by_workers[0], by_workers[max(by_workers)]
+            line = (
+                f"- **Feature cache build** (`train.FeatureCache`, tiny preset, video + audio, {largest} utterances of "
+                f"3 s): {_number(serial['ms_per_utterance'])} ms/utterance with the clips read in this process vs "
+                f"{_number(parallel['ms_per_utterance'])} ms with {parallel['workers']} DataLoader workers "
+                f"(**{serial['ms_per_utterance'] / parallel['ms_per_utterance']:.1f}x**)"
             )
+            single = [row for row in at_largest if row["threads"] == 1 and row["workers"] == parallel["workers"]]
+            if single and threads > 1:
+                line += f"; with 1 torch thread instead of {threads} next to the workers: {_number(single[0]['ms_per_utterance'])} ms"
+            lines.append(line + ".")
     for row in _rows(results, "fbank_implementations"):
         lines.append(
             f"- Filterbank of a {row['clip_seconds']:g} s clip: {_number(row['extractor_ms'])} ms vs "
@@ -220,11 +232,11 @@ def _scaling_section(results: dict) -> list[str]:
     rows = _rows(results, "scaling_utterances")
     if rows:
         title = (
-            f"## Scaling: building the tiny preset's feature cache from clips ({rows[0]['workers']} workers run the "
-            "processor, this process the encoders) vs number of utterances and torch threads of this process"
+            "## Scaling: building the tiny preset's video + audio feature cache (`train.FeatureCache`) vs number of "
+            "utterances, DataLoader workers reading the clips, and torch threads of the process running the encoders"
         )
-        table = [[row["utterances"], row["threads"], row["seconds"], row["ms_per_utterance"]] for row in rows]
-        lines += [title, ""] + _table(["utterances", "torch threads", "seconds", "ms/utterance"], table)
+        table = [[row["utterances"], row["workers"], row["threads"], row["seconds"], row["ms_per_utterance"]] for row in rows]
+        lines += [title, ""] + _table(["utterances", "workers", "torch threads", "seconds", "ms/utterance"], table)
     rows = _rows(results, "scaling_frames")
     if rows:
         lines += ["## Scaling: frames per clip (decord, decoder resize; tiny video branch, batch 8)", ""]
