@@ -13,7 +13,7 @@ install:
 demo: install
 	$(PYTHON) demo/run_demo.py
 
-test:
+test: install
 	$(PYTHON) -m pytest -q tests
 
 bench: install
