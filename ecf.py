@@ -276,6 +276,11 @@ def read_conversation_ids(path: PathLike, split: str | None = None) -> list[int]
     return ids
 
 
+def clip_name(conversation: dict[str, Any], utterance: dict[str, Any]) -> str:
+    """The file name of an utterance's clip: its `video_name`, default `dia{c}utt{u}.mp4`."""
+    return utterance.get("video_name") or f"dia{conversation['conversation_ID']}utt{utterance['utterance_ID']}.mp4"
+
+
 def _video_paths(conversations: list[dict[str, Any]], video_dir: PathLike | None) -> list[list[str | None]]:
     """Resolves each utterance's clip as `video_dir/video_name` (default `dia{c}utt{u}.mp4`), per conversation.
 
@@ -288,11 +293,7 @@ def _video_paths(conversations: list[dict[str, Any]], video_dir: PathLike | None
     for conversation in conversations:
         conversation_paths = []
         for utterance in conversation["conversation"]:
-            name = (
-                utterance.get("video_name")
-                or f"dia{conversation['conversation_ID']}utt{utterance['utterance_ID']}.mp4"
-            )
-            path = os.path.join(video_dir, name)
+            path = os.path.join(video_dir, clip_name(conversation, utterance))
             if not os.path.isfile(path):
                 path = None
                 missing += 1
