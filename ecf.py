@@ -89,9 +89,11 @@ def _normalize_emotion(value: Any) -> str | None:
 class _RecordValidator:
     """Validates and normalises the records of one file, building error messages that locate the problem."""
 
-    def __init__(self, path: PathLike, require_labels: bool):
+    def __init__(self, path: PathLike, require_labels: bool, allow_empty_text: bool = False):
         self.path = path
         self.require_labels = require_labels
+        self.allow_empty_text = allow_empty_text
+        self.empty_texts: list[str] = []  # where the empty transcripts are, when allowed
 
     def error(self, where: str, problem: str) -> ECFFormatError:
         return ECFFormatError(f"{self.path}: {where}: {problem}")
@@ -140,11 +142,17 @@ class _RecordValidator:
             raise self.error(
                 where, f"utterance ids must be consecutive from 1 (no gaps, no duplicates); expected {position + 1}"
             )
-        if not isinstance(record["text"], str) or not record["text"].strip():
-            raise self.error(where, "empty text")
+        text = record["text"]
+        if text is not None and not isinstance(text, str):
+            raise self.error(where, f"text must be a string, got {text!r}")
+        if text is None or not text.strip():
+            if not self.allow_empty_text:
+                raise self.error(where, "empty text")
+            self.empty_texts.append(where)
+            text = ""
         if not isinstance(record["speaker"], str):
             raise self.error(where, f"speaker must be a string, got {record['speaker']!r}")
-        normalized = dict(record, utterance_ID=utterance_id)
+        normalized = dict(record, utterance_ID=utterance_id, text=text)
         if "emotion" in record:
             emotion = _normalize_emotion(record["emotion"])
             if emotion is None:
@@ -215,6 +223,7 @@ def load_conversations(
     conversation_ids: Iterable[int] | None = None,
     exclude_conversation_ids: Iterable[int] | None = None,
     require_labels: bool = True,
+    allow_empty_text: bool = False,
 ) -> list[dict[str, Any]]:
     """Reads and validates an ECF / SemEval-2024 Task 3 JSON file.
 
@@ -224,6 +233,9 @@ def load_conversations(
         exclude_conversation_ids: drop these conversations (e.g. the dev ids, to train on the rest).
         require_labels: when False (files to predict on), `emotion` and `emotion-cause_pairs` may be absent;
             where present they are still validated.
+        allow_empty_text: when True, an empty or whitespace-only transcript (or `null`) becomes `""`, which the
+            processor masks (`text_mask` 0) as it does at inference, and a warning gives their count and names the
+            first few (conversation_ID, utterance_ID); when False (the default: ECF has none) it is an error.
 
     Returns:
         The conversations in file order, as in the file but normalised: integer ids, lower-case emotions,
@@ -239,7 +251,7 @@ def load_conversations(
     data = _read_json(path)
     if not isinstance(data, list):
         raise ECFFormatError(f"{path}: expected a JSON list of conversations, got {type(data).__name__}")
-    validator = _RecordValidator(path, require_labels)
+    validator = _RecordValidator(path, require_labels, allow_empty_text)
     conversations = []
     seen_ids = set()
     for index, record in enumerate(data):
@@ -248,6 +260,12 @@ def load_conversations(
             raise validator.error(f"conversation_ID {conversation['conversation_ID']}", "repeated conversation_ID")
         seen_ids.add(conversation["conversation_ID"])
         conversations.append(conversation)
+    if validator.empty_texts:
+        empty = validator.empty_texts
+        logger.warning(
+            f"{path}: {len(empty)} empty transcript(s), their text is masked: {'; '.join(empty[:5])}"
+            + ("; ..." if len(empty) > 5 else "")
+        )
     return _select(conversations, path, conversation_ids, exclude_conversation_ids)
 
 

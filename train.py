@@ -1047,12 +1047,16 @@ def load_conversations(data_args: DataTrainingArguments, training_args: Training
     if training_args.do_train:
         if data_args.train_file is None:
             raise ValueError("--do_train needs --train_file.")
-        splits["train"] = ecf.load_conversations(data_args.train_file, exclude_conversation_ids=validation_ids)
+        splits["train"] = ecf.load_conversations(
+            data_args.train_file, exclude_conversation_ids=validation_ids, allow_empty_text=True
+        )
     if training_args.do_eval:
         if validation_ids is not None:
-            splits["validation"] = ecf.load_conversations(data_args.train_file, conversation_ids=validation_ids)
+            splits["validation"] = ecf.load_conversations(
+                data_args.train_file, conversation_ids=validation_ids, allow_empty_text=True
+            )
         elif data_args.validation_file is not None:
-            splits["validation"] = ecf.load_conversations(data_args.validation_file)
+            splits["validation"] = ecf.load_conversations(data_args.validation_file, allow_empty_text=True)
         else:
             raise ValueError(
                 "Evaluation needs validation data: pass --validation_file or --validation_conversation_ids (or train "
@@ -1061,7 +1065,7 @@ def load_conversations(data_args: DataTrainingArguments, training_args: Training
     if training_args.do_predict:
         if data_args.test_file is None:
             raise ValueError("--do_predict needs --test_file.")
-        splits["test"] = ecf.load_conversations(data_args.test_file, require_labels=False)
+        splits["test"] = ecf.load_conversations(data_args.test_file, require_labels=False, allow_empty_text=True)
     for split, conversations in splits.items():
         num_utterances = sum(len(conversation["conversation"]) for conversation in conversations)
         logger.info(f"{split}: {len(conversations)} conversations, {num_utterances} utterances")

@@ -4,6 +4,8 @@ Each test asserts the message and that no training step ran: `Trainer.train` is 
 before the model is built.
 """
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 from huggingface_hub import HfApi, constants
 
+import ecf
 import train
 from demo.media import write_mp4
 from test_train import minilm_path, read_json, train_arguments, write_cue_word_conversations
@@ -147,3 +150,37 @@ def test_push_to_hub_without_the_hub(tmp_path, data, no_training, monkeypatch, o
     assert ("OfflineModeIsEnabled" in message) == offline
     assert "hf upload someone/model" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_empty_transcript_in_a_training_file_is_masked_and_named(tmp_path, data, caplog):
+    """The processor's rule in training files too: the utterance stays, its text is masked, the warning names it."""
+    conversations = read_json(data["train"])
+    conversations[1]["conversation"][2]["text"] = "  "
+    conversations[2]["conversation"][0]["text"] = None
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(conversations))
+    with pytest.raises(ecf.ECFFormatError, match="conversation_ID 2, utterance_ID 3: empty text"):
+        ecf.load_conversations(path)  # the validator's default: strict
+
+    captured = {}
+
+    def build_dataset(split_conversations, data_args, processor, feature_cache, split):
+        captured[split] = train.tokenize_utterances(
+            ecf.conversations_to_utterance_dataset(split_conversations), processor, data_args.max_seq_length
+        )
+        raise RuntimeError("stopped after the data")
+
+    emotion = dataclasses.replace(train.TASKS["emotion"], build_dataset=build_dataset)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(train.TASKS, "emotion", emotion)
+        with pytest.raises(RuntimeError, match="stopped after the data"):
+            train.main(train_arguments(tmp_path, {**data, "train": str(path)}, tmp_path / "run", "--config_name", "tiny",
+                                       "--modalities", "text", "--do_train"))
+    assert (
+        f"{path}: 2 empty transcript(s), their text is masked: conversation_ID 2, utterance_ID 3; "
+        "conversation_ID 3, utterance_ID 1"
+    ) in caplog.text
+    rows = captured["train"]
+    masked = [(row["conversation_id"], row["utterance_id"]) for row in rows if row["text_mask"] == 0]
+    assert masked == [(2, 3), (3, 1)]
+    assert len(rows) == sum(len(conversation["conversation"]) for conversation in conversations)
