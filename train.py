@@ -90,6 +90,8 @@ RUN_STATISTICS = {"loss", "runtime", "samples", "samples_per_second", "steps_per
 # the tiny preset's random encoders (2M parameters at most) are meant for tests, the seed presets' (VideoLLaMA sizes:
 # 110M to 1.1B) are a mistake.
 RANDOM_ENCODER_LIMIT = 10_000_000
+# The confusion matrix of the validation set, written to the output folder and shown on the model card.
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 # The clips missing from --video_dir, one name a line, written to the output folder.
 MISSING_CLIPS_FILE = "missing_clips.txt"
 # Bump when the layout of the cached features changes, so that old cache files are never read.
@@ -974,6 +976,7 @@ class Task:
     # The model card: what the model does and task-specific lines of its "Model" section (`str.format` templates
     # over the config's settings), and the lines of the usage example after loading `model` and `processor`
     card_summary: str
+    card_task_name: str
     card_model_lines: tuple[str, ...]
     card_usage: tuple[str, ...]
     # (trainer, validation dataset, validation conversations) -> adjusts the trained model before it is evaluated and
@@ -992,6 +995,7 @@ TASKS = {
         card_summary="Utterance-level emotion recognition in conversations (ECF / SemEval-2024 Task 3 labels) with "
         "mmemotion: per-modality encoders, masked {pooling} pooling of each modality, fusion by concatenation and an "
         "MLP head. Each utterance is classified on its own.",
+        card_task_name="Emotion recognition in conversation",
         card_model_lines=(),
         card_usage=(
             'inputs = processor(text=["Oh my God, you got the job!"], return_tensors="pt")',
@@ -1013,6 +1017,7 @@ TASKS = {
         "embeddings) gives the emotion of each utterance in context, and a pair scorer the probability that an "
         "utterance caused the emotion of another one. Every utterance with a predicted emotion other than neutral gets "
         "the candidate causes whose probability reaches the pair threshold, and at least its most probable one.",
+        card_task_name="Emotion-cause pair extraction in conversation",
         card_model_lines=(
             "- Conversation encoder: {context_encoder}, {context_hidden_size} wide, {context_num_layers} layer(s); "
             "candidate causes up to {cause_window} utterances away",
@@ -1097,19 +1102,47 @@ class ModelCardInfo:
 
 
 def render_model_card(config: MMEmotionConfig, training_args: TrainingArguments, info: ModelCardInfo) -> ModelCard:
+    """The model card: what the model is, its labels, training data and validation scores (also as `model-index`
+    metadata, which the Hub shows beside the card) with the confusion matrix, and how to use it."""
     label_names = [config.id2label[index] for index in range(config.num_labels)]
     base_model = info.text_model if info.text_model and not os.path.exists(info.text_model) else None
+    repo = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+    task = TASKS[info.task]
+    scores = {
+        name: value
+        for name, value in (info.eval_metrics or {}).items()
+        if isinstance(value, float) and name not in RUN_STATISTICS
+    }
+    eval_results = [
+        EvalResult(
+            task_type="text-classification",
+            task_name=task.card_task_name,
+            dataset_type="ecf",
+            dataset_name="ECF 2.0 (SemEval-2024 Task 3)",
+            dataset_split="validation",
+            metric_type=name,
+            metric_name=name,
+            metric_value=round(value, 4),
+        )
+        for name, value in scores.items()
+    ]
     card_data = ModelCardData(
         library_name="transformers",
         base_model=base_model,
         tags=["mmemotion", "emotion-recognition", "emotion-recognition-in-conversation", "multimodal", *config.modalities],
+        model_name=repo.split("/")[-1] if eval_results else None,
+        eval_results=eval_results or None,
     )
+    # Scores on the data that chose the epoch or the threshold are optimistic: say so.
+    chosen_on_validation = []
+    if training_args.do_train and training_args.load_best_model_at_end:
+        chosen_on_validation.append(f"the epoch (best validation {training_args.metric_for_best_model})")
+    if info.calibration:
+        chosen_on_validation.append("the pair threshold")
     encoders = ", ".join(
         f"{modality} ({'frozen' if getattr(config, f'freeze_{modality}_encoder') else 'trained'})"
         for modality in config.modalities
     )
-    repo = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
-    task = TASKS[info.task]
     settings = config.to_dict()
     lines = [
         f"# {repo.split('/')[-1]}",
@@ -1136,19 +1169,27 @@ def render_model_card(config: MMEmotionConfig, training_args: TrainingArguments,
         *(f"- {line}" for line in info.training_data),
         f"- Hyper-parameters: learning rate {training_args.learning_rate}, batch size "
         f"{training_args.per_device_train_batch_size} per device, {training_args.num_train_epochs:g} epochs, "
-        f"seed {training_args.seed}; best epoch by validation {training_args.metric_for_best_model}.",
+        f"seed {training_args.seed}"
+        + (
+            f"; best epoch by validation {training_args.metric_for_best_model}."
+            if training_args.load_best_model_at_end
+            else "; the last epoch kept."
+        ),
         "",
         "## Evaluation",
     ]
     if info.calibration:
         lines += [info.calibration, ""]
-    if info.eval_metrics:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [
-            f"| {name} | {value:.4f} |"
-            for name, value in info.eval_metrics.items()
-            if isinstance(value, float) and name not in RUN_STATISTICS
-        ]
+    if scores:
+        lines.append("On the validation set.")
+        if chosen_on_validation:
+            lines.append(
+                f"The same validation conversations chose {' and '.join(chosen_on_validation)}: these scores are "
+                "optimistic, expect lower ones on held-out data."
+            )
+        lines += ["", "| metric | value |", "|---|---|", *(f"| {name} | {value:.4f} |" for name, value in scores.items())]
+        if os.path.isfile(os.path.join(training_args.output_dir, CONFUSION_MATRIX_FILE)):
+            lines += ["", f"![Confusion matrix on the validation set]({CONFUSION_MATRIX_FILE})"]
     else:
         lines.append("Not evaluated.")
     lines += [
@@ -1373,7 +1414,7 @@ def main(args: list[str] | None = None) -> None:
         trainer.save_metrics("eval", metrics)
         trainer.model_card_info.eval_metrics = {name.removeprefix("eval_"): value for name, value in metrics.items()}
         if trainer.is_world_process_zero() and "eval_confusion_matrix" in metrics:
-            path = os.path.join(training_args.output_dir, "confusion_matrix.png")
+            path = os.path.join(training_args.output_dir, CONFUSION_MATRIX_FILE)
             ecf.plot_confusion_matrix(metrics["eval_confusion_matrix"], label_names, path, title="validation")
 
     if training_args.do_predict:

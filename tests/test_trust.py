@@ -13,7 +13,7 @@ from functools import partial
 
 import numpy as np
 import pytest
-from huggingface_hub import HfApi, constants
+from huggingface_hub import HfApi, ModelCard, constants
 
 import ecf
 import train
@@ -184,3 +184,42 @@ def test_empty_transcript_in_a_training_file_is_masked_and_named(tmp_path, data,
     masked = [(row["conversation_id"], row["utterance_id"]) for row in rows if row["text_mask"] == 0]
     assert masked == [(2, 3), (3, 1)]
     assert len(rows) == sum(len(conversation["conversation"]) for conversation in conversations)
+
+
+def render_card(output_dir, task="emotion", calibration=None, **training_arguments):
+    """The model card of a run with these training arguments, written and read back with huggingface_hub."""
+    config = train.MMEmotionConfig.from_pretrained(os.path.join(ROOT, "presets", "tiny"))
+    training_args = train.MMEmotionTrainingArguments(output_dir=str(output_dir), **training_arguments)
+    os.makedirs(output_dir, exist_ok=True)
+    labels = list(ecf.EMOTIONS)
+    matrix = np.eye(len(labels), dtype=int).tolist()
+    ecf.plot_confusion_matrix(matrix, labels, os.path.join(output_dir, train.CONFUSION_MATRIX_FILE), title="validation")
+    info = train.ModelCardInfo(
+        text_model=None, lora=None, training_data=["train: 3 conversations"], task=task, calibration=calibration,
+        eval_metrics={"accuracy": 0.51234, "weighted_f1": 0.4321, "loss": 1.2, "confusion_matrix": matrix},
+    )
+    train.render_model_card(config, training_args, info).save(output_dir / "README.md")
+    return ModelCard.load(output_dir / "README.md")
+
+
+def test_model_card_shows_the_confusion_matrix_and_the_scores_as_model_index(tmp_path):
+    card = render_card(tmp_path, do_eval=True)
+    assert "![Confusion matrix on the validation set](confusion_matrix.png)" in card.text
+    assert "model-index:" in (tmp_path / "README.md").read_text()
+    results = {result.metric_type: result for result in card.data.eval_results}
+    assert sorted(results) == ["accuracy", "weighted_f1"]  # not the loss, nor the confusion matrix
+    accuracy = results["accuracy"]
+    assert accuracy.metric_value == 0.5123 and accuracy.dataset_split == "validation" and accuracy.dataset_type == "ecf"
+    assert accuracy.task_type == "text-classification" and accuracy.task_name == "Emotion recognition in conversation"
+    assert "optimistic" not in card.text  # evaluated only: nothing was chosen on these conversations
+
+
+def test_model_card_says_when_the_validation_set_chose_the_epoch_and_threshold(tmp_path):
+    trained = render_card(tmp_path / "trained", do_train=True).text
+    assert (
+        "The same validation conversations chose the epoch (best validation weighted_f1): these scores are optimistic"
+    ) in trained
+    calibrated = render_card(tmp_path / "joint", "joint", "Pair threshold 0.4 tuned on ...", do_train=True).text
+    assert "chose the epoch (best validation weighted_f1) and the pair threshold: these scores" in calibrated
+    last_epoch = render_card(tmp_path / "last", do_train=True, load_best_model_at_end=False, save_strategy="no").text
+    assert "optimistic" not in last_epoch and "the last epoch kept" in last_epoch
