@@ -18,19 +18,10 @@ from huggingface_hub import HfApi, ModelCard, constants
 import ecf
 import train
 from demo.media import write_mp4
-from test_train import minilm_path, read_json, train_arguments, write_cue_word_conversations
+from test_train import data, minilm_path, read_json, train_arguments  # noqa: F401 (`data`: the cue-word files)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("data")
-    return {
-        "train": write_cue_word_conversations(directory / "train.json", 3, seed=0),
-        "validation": write_cue_word_conversations(directory / "validation.json", 2, seed=1, first_id=100),
-    }
 
 
 @pytest.fixture
