@@ -9,9 +9,21 @@
 
 from typing import Literal
 
-from transformers import AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
-from transformers.utils import logging
+import transformers
+from packaging import version
+
+
+# Checked before the imports below: on older releases they fail deep inside transformers' dynamic-module loader.
+MINIMUM_TRANSFORMERS_VERSION = "5.21.0"
+if version.parse(transformers.__version__) < version.parse(MINIMUM_TRANSFORMERS_VERSION):
+    raise ImportError(
+        f"MMEmotion's remote code needs transformers>={MINIMUM_TRANSFORMERS_VERSION} (found {transformers.__version__}): "
+        f'pip install -U "transformers>={MINIMUM_TRANSFORMERS_VERSION},<6"'
+    )
+
+from transformers import AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, PreTrainedConfig  # noqa: E402
+from transformers.configuration_utils import SubConfigSpec  # noqa: E402
+from transformers.utils import logging  # noqa: E402
 
 
 logger = logging.get_logger(__name__)

@@ -91,3 +91,32 @@ def test_saved_model_and_processor_load_as_remote_code_in_a_fresh_process(tmp_pa
     assert loaded["label"] == "neutral"
     torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.tensor(loaded["head_logits"]), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_remote_code_on_a_too_old_transformers_names_the_version_it_needs(tmp_path):
+    # transformers' dynamic-module loader runs the saved configuration file; on an old release it must stop there with
+    # one line, not with an ImportError from inside transformers.
+    config_dir = tmp_path / "published"
+    MMEmotionConfig.from_pretrained(TINY).save_pretrained(config_dir)
+    for name in ("configuration_mmemotion.py", "modeling_mmemotion.py", "processing_mmemotion.py"):
+        (config_dir / name).write_text(open(os.path.join(ROOT, name)).read())
+    script = textwrap.dedent(
+        """
+        import sys
+        import transformers
+        transformers.__version__ = "5.18.0"
+        from transformers import AutoConfig
+        AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True)
+        """
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(config_dir)],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == (
+        "ImportError: MMEmotion's remote code needs transformers>=5.21.0 (found 5.18.0): "
+        'pip install -U "transformers>=5.21.0,<6"'
+    ), result.stderr[-2000:]
