@@ -20,6 +20,9 @@ fusion head trains.
         --train_file Subtask_2_train.json --validation_conversation_ids dev_conversation_ids.json \
         --do_train --do_eval --output_dir runs/minilm-frozen
 
+Context (`--text_context_past 2 --text_context_future 1`): each utterance is encoded with its neighbours in the
+conversation, each prefixed by its speaker; pooling reads the target's tokens only.
+
 LoRA on the text encoder (`--lora_r 8`), a seed preset with video (`--config_name exp1 --video_dir clips/`), or
 continuing from a checkpoint (`--model_name_or_path runs/minilm-frozen`) use the same command line.
 
@@ -933,13 +936,15 @@ TASKS = {
         write_predictions=write_emotion_predictions,
         card_summary="Utterance-level emotion recognition in conversations (ECF / SemEval-2024 Task 3 labels) with "
         "mmemotion: per-modality encoders, masked {pooling} pooling of each modality, fusion by concatenation and an "
-        "MLP head. Each utterance is classified on its own.",
+        "MLP head. Each utterance gets its own emotion (read with its text context, below).",
         card_model_lines=(),
         card_usage=(
-            'inputs = processor(text=["Oh my God, you got the job!"], return_tensors="pt")',
+            "# One conversation in order: each utterance is read with the context window it was trained with.",
+            'texts, speakers = ["I got the job!", "Oh my God, you got the job!"], ["Ross", "Rachel"]',
+            'inputs = processor.encode_conversation(texts, speakers=speakers, return_tensors="pt")',
             "with torch.no_grad():",
             "    probabilities = model(**inputs).logits.softmax(-1)",
-            "print(model.config.id2label[probabilities.argmax(-1).item()])",
+            "print([model.config.id2label[index] for index in probabilities.argmax(-1).tolist()])",
         ),
     ),
     "joint": Task(
@@ -1061,6 +1066,10 @@ def render_model_card(config: MMEmotionConfig, training_args: TrainingArguments,
         # A local folder's path means nothing to the card's readers.
         source = base_model or ("a local folder" if info.text_model else "the preset / checkpoint")
         lines.append(f"- Text model: {config.text_config.model_type} from {source} ({config.text_embedding})")
+        lines.append(
+            f"- Text context: each utterance read with {config.text_context_past} utterance(s) before and "
+            f"{config.text_context_future} after it (the processor builds the window: `processor.encode_conversation`)"
+        )
     lines += [
         *(line.format_map(settings) for line in task.card_model_lines),
         f"- LoRA: {info.lora or 'none'}",
