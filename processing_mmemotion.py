@@ -866,14 +866,15 @@ class MMEmotionProcessor(ProcessorMixin):
         padded_target = [
             mask + pad if self.tokenizer.padding_side == "right" else pad + mask for pad, (_, mask) in zip(padding_ids, rows)
         ]
-        return {**encoding, "text_mask": text_mask, "text_target_mask": padded_target}
+        data = {**encoding, "text_mask": text_mask, "text_target_mask": padded_target}
+        return dict(BatchFeature(data, tensor_type=return_tensors))
 
     def _utterance_ids(self, text: str | None, speaker: str | None, **kwargs) -> tuple[list[int], list[int]]:
         """(speaker prefix ids, transcript ids) of one utterance, without special tokens."""
         speaker_ids = []
         if self.context_speakers and speaker:
             speaker_ids = self.tokenizer(f"{speaker}:", add_special_tokens=False, **kwargs)["input_ids"]
-        text_ids = self.tokenizer((text or "").strip(), add_special_tokens=False, **kwargs)["input_ids"] if text and text.strip() else []
+        text_ids = self.tokenizer(text.strip(), add_special_tokens=False, **kwargs)["input_ids"] if text and text.strip() else []
         return speaker_ids, text_ids
 
     def _special_tokens_around_text(self) -> tuple[list[int], list[int]]:
