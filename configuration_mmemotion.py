@@ -196,6 +196,12 @@ class MMEmotionConfig(PreTrainedConfig):
         text_embedding (`str`, *optional*, defaults to `"input_embeddings"`):
             `"input_embeddings"`: the text model's token embeddings only (VideoLLaMA's text embeddings: no
             transformer layer is built). `"last_hidden_state"`: the text model's contextual last hidden state.
+        text_context_past (`int`, *optional*, defaults to 0):
+            Utterances before the target that the text encoder reads with it (each prefixed by its speaker); the
+            processor builds the window (`MMEmotionProcessor.context_past`) and pooling reads only the target's tokens.
+            Context only helps a contextual encoder (`text_embedding="last_hidden_state"`).
+        text_context_future (`int`, *optional*, defaults to 0):
+            Utterances after the target read with it (`MMEmotionProcessor.context_future`).
         freeze_text_encoder (`bool`, *optional*, defaults to `True`):
             Whether the text branch is frozen (no gradient, no optimizer state, eval mode while the heads train).
         freeze_video_encoder (`bool`, *optional*, defaults to `True`):
@@ -269,6 +275,8 @@ class MMEmotionConfig(PreTrainedConfig):
     audio_config: dict | PreTrainedConfig | None = None
     modalities: list[str] | tuple[str, ...] = MODALITIES
     text_embedding: Literal["input_embeddings", "last_hidden_state"] = "input_embeddings"
+    text_context_past: int = 0
+    text_context_future: int = 0
     freeze_text_encoder: bool = True
     freeze_video_encoder: bool = True
     freeze_audio_encoder: bool = True
@@ -308,6 +316,11 @@ class MMEmotionConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.text_embedding not in ("input_embeddings", "last_hidden_state"):
             raise ValueError(f"`text_embedding` must be 'input_embeddings' or 'last_hidden_state', got {self.text_embedding!r}.")
+        if self.text_context_past < 0 or self.text_context_future < 0:
+            raise ValueError(
+                f"`text_context_past` and `text_context_future` must be >= 0, got {self.text_context_past} and "
+                f"{self.text_context_future}."
+            )
         if self.pooling not in ("mean", "attention"):
             raise ValueError(f"`pooling` must be 'mean' or 'attention', got {self.pooling!r}.")
         if self.context_encoder not in ("bilstm", "transformer"):

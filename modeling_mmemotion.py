@@ -498,6 +498,7 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
         text_mask: torch.LongTensor | None = None,
+        text_target_mask: torch.LongTensor | None = None,
         pixel_values_videos: torch.FloatTensor | None = None,
         video_frame_mask: torch.LongTensor | None = None,
         video_mask: torch.LongTensor | None = None,
@@ -513,7 +514,9 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
         Takes the keys of `MMEmotionProcessor`'s output, or precomputed encoder outputs (`text_features` with
         `attention_mask`, `video_features`, `audio_features`, as `encode_modalities` returns them) in place of the
         raw inputs of a modality. `text_mask`, `video_mask` and `audio_mask` (batch_size,) mark the items that have
-        the modality; an absent modality contributes the learned missing vector, never zeros.
+        the modality; an absent modality contributes the learned missing vector, never zeros. `text_target_mask`
+        (batch_size, sequence_length), from a processor with a context window, marks the tokens of the target utterance:
+        the encoder reads the whole window and the text pooling only these tokens.
         """
         features = {"text_features": text_features, "video_features": video_features, "audio_features": audio_features}
         raw_inputs = {
@@ -540,7 +543,7 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
             batch_size, length = modality_features.shape[:2]
             token_mask = torch.ones(batch_size, length, dtype=torch.long, device=modality_features.device)
             if modality == "text" and attention_mask is not None:
-                token_mask = attention_mask
+                token_mask = attention_mask if text_target_mask is None else attention_mask * text_target_mask
             item_mask = item_masks[modality]
             item_present = token_mask.bool().any(dim=1)
             if item_mask is not None:
@@ -760,6 +763,7 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
         "input_ids",
         "attention_mask",
         "text_mask",
+        "text_target_mask",
         "pixel_values_videos",
         "video_frame_mask",
         "video_mask",

@@ -640,6 +640,13 @@ class MMEmotionProcessor(ProcessorMixin):
             Audio preprocessing; the default one when not given.
         use_audio_from_video (`bool`, *optional*, defaults to `True`):
             When `audio` is not passed, take each video file's audio track.
+        context_past (`int`, *optional*, defaults to 0):
+            Utterances before each target that [`~MMEmotionProcessor.encode_conversation`] puts in its text input
+            (the model's `config.text_context_past`).
+        context_future (`int`, *optional*, defaults to 0):
+            Utterances after each target put in its text input (`config.text_context_future`).
+        context_speakers (`bool`, *optional*, defaults to `True`):
+            Prefix every utterance of a context window with its speaker (`Ross: ...`).
     """
 
     def __init__(
@@ -648,9 +655,17 @@ class MMEmotionProcessor(ProcessorMixin):
         video_feature_extractor=None,
         audio_feature_extractor=None,
         use_audio_from_video: bool = True,
+        context_past: int = 0,
+        context_future: int = 0,
+        context_speakers: bool = True,
         **kwargs,
     ):
+        if context_past < 0 or context_future < 0:
+            raise ValueError(f"`context_past` and `context_future` must be >= 0, got {context_past} and {context_future}.")
         self.use_audio_from_video = use_audio_from_video
+        self.context_past = context_past
+        self.context_future = context_future
+        self.context_speakers = context_speakers
         super().__init__(
             tokenizer=tokenizer,
             video_feature_extractor=(
@@ -754,13 +769,136 @@ class MMEmotionProcessor(ProcessorMixin):
             data.update(self.audio_feature_extractor(audio, sampling_rate=sampling_rate))
         return BatchFeature(data, tensor_type=return_tensors)
 
-    def _tokenize(self, text: list[str | None], **kwargs) -> dict:
-        """Tokenizes the transcripts and adds `text_mask`, warning about the empty ones."""
+    def encode_conversation(
+        self,
+        text: list[str | None],
+        speakers: list[str | None] | None = None,
+        return_tensors: str | TensorType | None = TensorType.PYTORCH,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Tokenizes the utterances of one conversation, in order, each read with its context window: the
+        `context_past` utterances before it and the `context_future` after it (prefixed by their speakers when
+        `context_speakers`), the target between separator tokens. What training with `config.text_context_past` /
+        `text_context_future` did, so a checkpoint reads utterances at inference as it was trained.
+
+        Args:
+            text (`list[str]`):
+                The transcripts of one conversation in order; empty ones (or `None`) get `text_mask` 0 and are left out
+                of their neighbours' windows.
+            speakers (`list[str]`, *optional*):
+                The speaker of each utterance.
+            return_tensors (`str` or [`~utils.TensorType`], *optional*, defaults to `"pt"`):
+                `"pt"` for torch tensors, `"np"` for numpy arrays, `None` for lists.
+            **kwargs:
+                Passed to the tokenizer (`padding` defaults to `True`, `truncation` to `True`; `max_length`, ...).
+
+        Returns:
+            [`BatchFeature`] with `input_ids`, `attention_mask`, `text_mask`, and with a window `text_target_mask`
+            (1 on the tokens of the target utterance, which the model pools). With both sizes 0, exactly the output
+            of `processor(text=...)`.
+        """
+        return BatchFeature(self._tokenize_conversation(text, speakers, return_tensors=return_tensors, **kwargs), tensor_type=return_tensors)
+
+    def _tokenize_conversation(self, texts: list[str | None], speakers: list[str | None] | None, **kwargs) -> dict:
+        """
+        `_tokenize` for the utterances of one conversation in order, each with its context window (see
+        [`~MMEmotionProcessor.encode_conversation`]). The pieces are tokenized separately and assembled as ids, so a
+        window longer than `max_length` loses its farthest context first (and the far end of the utterance cut
+        there), never the target; a target longer than `max_length` alone keeps its beginning, as `_tokenize` does.
+        """
+        if speakers is not None and len(speakers) != len(texts):
+            raise ValueError(f"`speakers` must have one entry per utterance, got {len(speakers)} for {len(texts)}.")
+        if self.context_past == 0 and self.context_future == 0:
+            return self._tokenize(texts, **kwargs)
+        return_tensors = kwargs.pop("return_tensors", None)
+        padding = kwargs.pop("padding", True)
+        truncation = kwargs.pop("truncation", True)
+        max_length = kwargs.pop("max_length", None)
+        pad_to_multiple_of = kwargs.pop("pad_to_multiple_of", None)
+        kwargs.pop("return_token_type_ids", None)
+        if truncation and max_length is None:
+            max_length = self.tokenizer.model_max_length
+        text_mask = self._text_mask(texts)
+        prefix, suffix = self._special_tokens_around_text()
+        separator = [] if self.tokenizer.sep_token_id is None else [self.tokenizer.sep_token_id]
+        pieces = [
+            self._utterance_ids(text, None if speakers is None else speakers[index], **kwargs)
+            for index, text in enumerate(texts)
+        ]
+        rows = []
+        for index, (speaker_ids, text_ids) in enumerate(pieces):
+            budget = max_length - len(prefix) - len(suffix) - 2 * len(separator) if truncation else None
+            if budget is not None and len(speaker_ids) + len(text_ids) > budget:
+                # The target alone is too long: it keeps its beginning, and its speaker only if some text fits too.
+                speaker_ids = speaker_ids if len(speaker_ids) < budget else []
+                text_ids = text_ids[: budget - len(speaker_ids)]
+            target = speaker_ids + text_ids
+            past, future = [], []
+            budget = None if budget is None else budget - len(target)
+            for distance in range(1, max(self.context_past, self.context_future) + 1):
+                for side, neighbour, limit in ((past, index - distance, self.context_past), (future, index + distance, self.context_future)):
+                    if distance > limit or not 0 <= neighbour < len(texts) or not text_mask[neighbour]:
+                        continue
+                    ids = pieces[neighbour][0] + pieces[neighbour][1]
+                    if budget is not None:
+                        # The end of the neighbour farthest from the target goes first.
+                        ids = ids[max(len(ids) - budget, 0) :] if side is past else ids[:budget]
+                        budget -= len(ids)
+                    side.insert(0 if side is past else len(side), ids)
+            past_ids = [token for ids in past for token in ids]
+            future_ids = [token for ids in future for token in ids]
+            input_ids = prefix + past_ids + separator + target + separator + future_ids + suffix
+            target_mask = (
+                [0] * (len(prefix) + len(past_ids) + len(separator) + len(speaker_ids))
+                + [1] * len(text_ids)
+                + [0] * (len(separator) + len(future_ids) + len(suffix))
+            )
+            rows.append((input_ids, target_mask))
+        encoding = self.tokenizer.pad(
+            {"input_ids": [ids for ids, _ in rows]},
+            padding=padding,
+            max_length=max_length if padding == "max_length" else None,
+            pad_to_multiple_of=pad_to_multiple_of,
+            return_attention_mask=True,
+        )
+        padding_ids = [[0] * (len(padded) - len(mask)) for padded, (_, mask) in zip(encoding["input_ids"], rows)]
+        padded_target = [
+            mask + pad if self.tokenizer.padding_side == "right" else pad + mask for pad, (_, mask) in zip(padding_ids, rows)
+        ]
+        data = {**encoding, "text_mask": text_mask, "text_target_mask": padded_target}
+        return dict(BatchFeature(data, tensor_type=return_tensors))
+
+    def _utterance_ids(self, text: str | None, speaker: str | None, **kwargs) -> tuple[list[int], list[int]]:
+        """(speaker prefix ids, transcript ids) of one utterance, without special tokens."""
+        speaker_ids = []
+        if self.context_speakers and speaker:
+            speaker_ids = self.tokenizer(f"{speaker}:", add_special_tokens=False, **kwargs)["input_ids"]
+        text_ids = self.tokenizer(text.strip(), add_special_tokens=False, **kwargs)["input_ids"] if text and text.strip() else []
+        return speaker_ids, text_ids
+
+    def _special_tokens_around_text(self) -> tuple[list[int], list[int]]:
+        """The special ids the tokenizer puts before and after a text (BERT: [CLS] / [SEP]; LLaMA: <s> / none)."""
+        plain = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        wrapped = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        for start in range(len(wrapped) - len(plain) + 1):
+            if wrapped[start : start + len(plain)] == plain:
+                return wrapped[:start], wrapped[start + len(plain) :]
+        raise ValueError(f"Cannot locate the text among the special tokens of {type(self.tokenizer).__name__}.")
+
+    @staticmethod
+    def _text_mask(text: list[str | None]) -> np.ndarray:
+        """1 per transcript with text, 0 (and a warning naming the item) per empty one."""
         text_mask = np.ones(len(text), dtype=np.int64)
         for index, transcript in enumerate(text):
             if transcript is None or not transcript.strip():
                 logger.warning(f"The transcript of item {index} is empty; its text is masked.")
                 text_mask[index] = 0
+        return text_mask
+
+    def _tokenize(self, text: list[str | None], **kwargs) -> dict:
+        """Tokenizes the transcripts and adds `text_mask`, warning about the empty ones."""
+        text_mask = self._text_mask(text)
         kwargs.setdefault("padding", True)
         kwargs.setdefault("truncation", True)
         # The model takes input_ids and attention_mask only.

