@@ -571,14 +571,14 @@ def _state_dict_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-# The dtypes the cache stores features in. Arrow has no bfloat16: bfloat16 features are stored as their bits (uint16)
-# and viewed back as bfloat16 when batched (`cached_features`).
-CACHE_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
+# The dtypes the cache stores features in, and how: Arrow has no bfloat16, so bfloat16 features are stored as their
+# bits in int16 and viewed back as bfloat16 when batched (`cached_features`).
+CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.int16}
 
 
 def cached_features(rows: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Cached feature tensors of some rows, as the encoder's dtype (bfloat16 comes out of the cache as uint16)."""
-    return [row.view(torch.bfloat16) if row.dtype == torch.uint16 else row for row in rows]
+    """Cached feature tensors of some rows in the dtype they were stored in (bfloat16 comes out of the cache as int16)."""
+    return [row.view(torch.bfloat16) if row.dtype == torch.int16 else row for row in rows]
 
 
 class FeatureCache:
@@ -661,7 +661,7 @@ class FeatureCache:
 
     def _features(self, modality: str) -> datasets.Features:
         width = self.model.config.modality_hidden_size(modality)
-        dtype = CACHE_DTYPES[self.cache_dtype]
+        dtype = str(CACHE_DTYPES[self.cache_dtype]).removeprefix("torch.")
         if modality == "text":  # one row per real token
             return datasets.Features(text_features=datasets.Array2D(shape=(None, width), dtype=dtype))
         modality_config = getattr(self.model.config, f"{modality}_config")
@@ -675,7 +675,7 @@ class FeatureCache:
 
     def _to_cache_dtype(self, features: torch.Tensor) -> np.ndarray:
         features = features.to(getattr(torch, self.cache_dtype)).cpu()
-        return (features.view(torch.uint16) if self.cache_dtype == "bfloat16" else features).numpy()
+        return (features.view(torch.int16) if self.cache_dtype == "bfloat16" else features).numpy()
 
     @torch.inference_mode()
     def _encode(self, batch: dict[str, list], modality: str) -> dict[str, Any]:
@@ -779,9 +779,10 @@ class FeatureCache:
                     self._encode_sharded(dataset, modality, path, fingerprint, split)
             columns.append(self._encode_into(dataset, modality, path, fingerprint, desc=f"Encoding {modality} ({split})"))
         feature_columns = [column for part in columns[1:] for column in part.column_names if column.endswith("_features")]
-        # Tensors straight from Arrow: python lists of floats would cost seconds per epoch.
+        # Tensors straight from Arrow (python lists of floats would cost seconds per epoch), in the stored dtype (the
+        # torch format would give float32 and int64).
         return datasets.concatenate_datasets(columns, axis=1).with_format(
-            "torch", columns=feature_columns, output_all_columns=True
+            "torch", columns=feature_columns, output_all_columns=True, dtype=CACHE_DTYPES[self.cache_dtype]
         )
 
 
