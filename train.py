@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import transformers
 from accelerate import PartialState
+from accelerate.utils import gather_object
 from datasets.arrow_writer import ArrowWriter
 from datasets.fingerprint import Hasher
 from huggingface_hub import ModelCard, ModelCardData
@@ -766,6 +767,11 @@ class FeatureCache:
         columns = [dataset]
         for modality in self.modalities:
             fingerprint = self.fingerprint(dataset, modality)
+            if self.state.num_processes > 1 and len(fingerprints := set(gather_object([fingerprint]))) > 1:
+                raise ValueError(
+                    f"The {self.state.num_processes} processes disagree on the {modality} features of the {split} split "
+                    f"(fingerprints {sorted(fingerprints)}): their {modality} encoder weights or inputs differ."
+                )
             path = os.path.join(self.cache_dir, modality, f"{fingerprint}.arrow")
             if os.path.exists(path):
                 logger.info(f"Feature cache hit: {split} {modality} features of {len(dataset)} utterances from {path}")
