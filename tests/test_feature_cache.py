@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -215,3 +216,54 @@ def test_bfloat16_encoders_and_cache_stay_close_to_float32(tiny_inputs, tmp_path
     # The float32 head on bfloat16 features: the same predictions, logits within 3% of their range (measured: 1.4%).
     assert torch.equal(logits["bfloat16"].argmax(-1), logits["float32"].argmax(-1))
     assert (logits["bfloat16"] - logits["float32"]).abs().max() <= 0.03 * (logits["float32"].max() - logits["float32"].min())
+
+
+@pytest.mark.parametrize("max_shard_size", [None, "40KB"])
+def test_input_embeddings_are_read_alone_from_the_text_models_safetensors(tmp_path, max_shard_size):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    text_config = LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4
+    )
+    torch.manual_seed(0)
+    text_model = LlamaForCausalLM(text_config)  # saved with the `model.` prefix of a model with a head
+    text_model.save_pretrained(tmp_path / "llama", **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    assert (tmp_path / "llama" / "model.safetensors.index.json").exists() == (max_shard_size is not None)
+
+    model_args = train.ModelArguments(
+        config_name="tiny", text_model_name_or_path=str(tmp_path / "llama"), modalities="text",
+        text_embedding="input_embeddings", encoder_dtype="bfloat16",
+    )
+    config = train.build_config(model_args, class_weights=None)
+    model = train.load_model(MMEmotionForEmotionClassification, config, model_args)
+    embed_tokens = model.base_model.text_encoder.embed_tokens
+    assert embed_tokens.weight.dtype == torch.bfloat16  # the frozen encoder in --encoder_dtype, the head in float32
+    assert model.base_model.poolers["text"].projection.weight.dtype == torch.float32
+    torch.testing.assert_close(embed_tokens.weight, text_model.get_input_embeddings().weight.detach().bfloat16())
+
+    # The whole model in one process: a float32 head on bfloat16 text features.
+    inputs = {"input_ids": torch.tensor([[1, 5, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    assert model(**inputs).logits.dtype == torch.float32
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text((tmp_path / "llama" / "config.json").read_text())
+    with pytest.raises(ValueError, match="reads its token embeddings from safetensors"):
+        train.load_input_embeddings(str(tmp_path / "empty"), text_config, trust_remote_code=False)
+
+
+def test_training_on_a_bfloat16_cache(tmp_path, clip_data):
+    output_dir = tmp_path / "run"
+    train.main([
+        "--config_name", "tiny", "--train_file", clip_data[0], "--validation_file", clip_data[0], "--video_dir", clip_data[1],
+        "--encoder_dtype", "bfloat16", "--do_train", "--num_train_epochs", "2", "--per_device_train_batch_size", "4",
+        "--output_dir", str(output_dir), "--feature_cache_dir", str(tmp_path / "cache"), "--disable_tqdm", "true",
+        "--save_strategy", "no", "--load_best_model_at_end", "false",
+    ])
+    # bfloat16 features (stored as int16 bits) for every modality; a float32 head trained on them and saved.
+    for modality in MODALITIES:
+        (cache_file,) = (tmp_path / "cache" / modality).glob("*.arrow")
+        schema = datasets.Dataset.from_file(str(cache_file)).features[f"{modality}_features"]
+        assert schema.dtype == "int16", modality
+    model = MMEmotionForEmotionClassification.from_pretrained(output_dir)
+    assert model.base_model.poolers["video"].projection.weight.dtype == torch.float32
+    assert np.isfinite(json.loads((output_dir / "train_results.json").read_text())["train_loss"])
