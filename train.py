@@ -767,13 +767,18 @@ class FeatureCache:
         columns = [dataset]
         for modality in self.modalities:
             fingerprint = self.fingerprint(dataset, modality)
-            if self.state.num_processes > 1 and len(fingerprints := set(gather_object([fingerprint]))) > 1:
-                raise ValueError(
-                    f"The {self.state.num_processes} processes disagree on the {modality} features of the {split} split "
-                    f"(fingerprints {sorted(fingerprints)}): their {modality} encoder weights or inputs differ."
-                )
             path = os.path.join(self.cache_dir, modality, f"{fingerprint}.arrow")
-            if os.path.exists(path):
+            found = [(fingerprint, os.path.exists(path))]
+            if self.state.num_processes > 1:
+                # One decision for all: a process alone on a miss would wait for the others forever.
+                found = gather_object(found)
+                if len({process_fingerprint for process_fingerprint, _ in found}) > 1:
+                    raise ValueError(
+                        f"The {self.state.num_processes} processes disagree on the {modality} features of the {split} "
+                        f"split (fingerprints {sorted({f for f, _ in found})}): their {modality} encoder weights or "
+                        "inputs differ."
+                    )
+            if all(exists for _, exists in found):
                 logger.info(f"Feature cache hit: {split} {modality} features of {len(dataset)} utterances from {path}")
             else:
                 logger.info(
