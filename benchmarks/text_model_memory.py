@@ -7,7 +7,7 @@ safetensors file) against `AutoModel.from_pretrained` of the whole text model (h
 
 The folder is written first: a LlamaForCausalLM config at LLaMA-2-13B's widths with `--num_layers` layers (13B has 40)
 and zero float16 weights (loading reads bytes; their values do not matter). Each load runs in a fresh process, whose
-peak RSS (`ru_maxrss`) is reported next to that of a process that only imports the same modules.
+peak RSS (VmHWM) is reported next to that of a process that only imports the same modules.
 """
 
 import argparse
@@ -23,19 +23,28 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Each fills a float32 embedding table of the text branch (as `MMEmotionTextEncoder` holds it) from the folder.
+TABLE = "table = torch.nn.Embedding(32000, 5120)\n"
 LOADS = {
     "imports only": "",
-    "train.load_input_embeddings": "train.load_input_embeddings(folder, AutoConfig.from_pretrained(folder), False)",
-    "AutoModel.from_pretrained (whole model)": "AutoModel.from_pretrained(folder)",
+    "the empty float32 table": TABLE,
+    "train.load_input_embeddings": TABLE
+    + 'table.load_state_dict({"weight": train.load_input_embeddings(folder, AutoConfig.from_pretrained(folder), False)})',
+    "AutoModel.from_pretrained, then its input embeddings (before)": TABLE
+    + "table.load_state_dict(AutoModel.from_pretrained(folder).get_input_embeddings().state_dict())",
+    "AutoModel.from_pretrained(dtype=float32), then its input embeddings": TABLE
+    + "table.load_state_dict(AutoModel.from_pretrained(folder, dtype=torch.float32).get_input_embeddings().state_dict())",
 }
+# The child's high-water mark from /proc (`ru_maxrss` would include the parent's memory at the fork).
 MEASURE = """
-import resource, sys
+import sys
+import torch
 sys.path.insert(0, {root!r})
 from transformers import AutoConfig, AutoModel
 import train
 folder = {folder!r}
 {load}
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024)
 """
 
 
