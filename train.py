@@ -445,6 +445,8 @@ def load_model(model_class: type[PreTrainedModel], config: MMEmotionConfig, mode
             config=config,
             # A new text model changes the text branch and projection shapes; they are replaced just below.
             ignore_mismatched_sizes=model_args.text_model_name_or_path is not None,
+            # The encoders load straight in their dtype; the few trained weights are cast to float32 below.
+            dtype=getattr(torch, model_args.encoder_dtype),
         )
         if unload_lora(model, merge=True):
             logger.info(f"Merged the LoRA adapter of {model_args.model_name_or_path} into its text encoder.")
@@ -460,10 +462,16 @@ def load_model(model_class: type[PreTrainedModel], config: MMEmotionConfig, mode
                 model_args.text_model_name_or_path, trust_remote_code=model_args.trust_remote_code
             )
             text_encoder.load_pretrained_text_model(text_model)
-    encoder_dtype = getattr(torch, model_args.encoder_dtype)
-    for modality in config.modalities:
-        if getattr(config, f"freeze_{modality}_encoder"):
-            model.base_model.encoder(modality).to(encoder_dtype)
+    # The frozen encoders in --encoder_dtype, whatever the checkpoint's dtype; everything that trains in float32.
+    frozen_encoders = [
+        model.base_model.encoder(modality) for modality in config.modalities if getattr(config, f"freeze_{modality}_encoder")
+    ]
+    frozen_parameters = {parameter for encoder in frozen_encoders for parameter in encoder.parameters()}
+    for encoder in frozen_encoders:
+        encoder.to(getattr(torch, model_args.encoder_dtype))
+    for parameter in model.parameters():
+        if parameter not in frozen_parameters:
+            parameter.data = parameter.data.float()
     return model
 
 

@@ -267,3 +267,15 @@ def test_training_on_a_bfloat16_cache(tmp_path, clip_data):
     model = MMEmotionForEmotionClassification.from_pretrained(output_dir)
     assert model.base_model.poolers["video"].projection.weight.dtype == torch.float32
     assert np.isfinite(json.loads((output_dir / "train_results.json").read_text())["train_loss"])
+
+
+@pytest.mark.parametrize("encoder_dtype", ["float32", "bfloat16"])
+def test_a_bfloat16_checkpoint_trains_a_float32_head(tmp_path, encoder_dtype):
+    # e.g. a VideoLLaMA conversion saved with --dtype bfloat16: the whole model, head included, loads in bfloat16.
+    MMEmotionForEmotionClassification(MMEmotionConfig.from_pretrained(TINY)).to(torch.bfloat16).save_pretrained(tmp_path)
+    model_args = train.ModelArguments(model_name_or_path=str(tmp_path), encoder_dtype=encoder_dtype)
+    model = train.load_model(MMEmotionForEmotionClassification, train.build_config(model_args, None), model_args)
+    for modality in MODALITIES:
+        assert {p.dtype for p in model.base_model.encoder(modality).parameters()} == {getattr(torch, encoder_dtype)}
+    trained = [parameter for name, parameter in model.named_parameters() if "_encoder." not in name]
+    assert trained and {parameter.dtype for parameter in trained} == {torch.float32}
