@@ -452,6 +452,9 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
         return self
 
     def _run_encoder(self, modality: str, *inputs: torch.Tensor) -> torch.Tensor:
+        # A frozen encoder may run in half precision beside a float32 head: pixel values and filterbanks follow it.
+        dtype = next(self.encoder(modality).parameters()).dtype
+        inputs = [item.to(dtype) if item is not None and item.is_floating_point() else item for item in inputs]
         if self._is_frozen(modality):
             with torch.no_grad():
                 return self.encoder(modality)(*inputs)
@@ -548,7 +551,10 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
             item_present = token_mask.bool().any(dim=1)
             if item_mask is not None:
                 item_present = item_present & item_mask.bool()
-            pooled.append(self.poolers[modality](modality_features, token_mask * item_present[:, None]))
+            pooler = self.poolers[modality]
+            # Features of half-precision encoders (or cache) enter the head in the head's dtype.
+            modality_features = modality_features.to(pooler.projection.weight.dtype)
+            pooled.append(pooler(modality_features, token_mask * item_present[:, None]))
             present.append(item_present)
 
         modality_mask = torch.stack(present, dim=1)

@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -52,10 +53,14 @@ import evaluate
 import numpy as np
 import torch
 import transformers
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from datasets.arrow_writer import ArrowWriter
 from datasets.fingerprint import Hasher
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import safe_open
 from torch.utils.data import DataLoader
 from transformers import (
     AutoConfig,
@@ -71,6 +76,7 @@ from transformers import (
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import IntervalStrategy, PredictionOutput
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
 import ecf
 from configuration_mmemotion import MMEmotionConfig
@@ -187,6 +193,14 @@ class ModelArguments:
             "parses (numbers, true, null), else as a string."
         },
     )
+    encoder_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "The dtype of the frozen encoders (`bfloat16` also runs on most CPUs) and, unless --cache_dtype says "
+            "otherwise, of their cached features. The fusion head and trained encoders stay float32.",
+            "choices": ["float32", "bfloat16", "float16"],
+        },
+    )
     class_weights: str = field(
         default="none",
         metadata={
@@ -292,6 +306,14 @@ class DataTrainingArguments:
         metadata={
             "help": "Run the frozen encoders at every step instead of caching their outputs. Encoders with trainable "
             "weights (LoRA adapters, `freeze_*_encoder` false) always run live; the frozen ones beside them are cached."
+        },
+    )
+    cache_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "The dtype the feature cache stores (`bfloat16` / `float16` halve its size). Defaults to "
+            "--encoder_dtype.",
+            "choices": ["float32", "bfloat16", "float16"],
         },
     )
     feature_cache_dir: str | None = field(
@@ -465,6 +487,8 @@ def load_model(model_class: type[PreTrainedModel], config: MMEmotionConfig, mode
             config=config,
             # A new text model changes the text branch and projection shapes; they are replaced just below.
             ignore_mismatched_sizes=model_args.text_model_name_or_path is not None,
+            # The encoders load straight in their dtype; the few trained weights are cast to float32 below.
+            dtype=getattr(torch, model_args.encoder_dtype),
         )
         if unload_lora(model, merge=True):
             # Loading the adapter left only its own weights trainable; with it merged, the config says what trains.
@@ -474,11 +498,59 @@ def load_model(model_class: type[PreTrainedModel], config: MMEmotionConfig, mode
     else:
         model = model_class(config)
     if model_args.text_model_name_or_path is not None:
-        text_model = AutoModel.from_pretrained(
-            model_args.text_model_name_or_path, trust_remote_code=model_args.trust_remote_code
-        )
-        model.base_model.text_encoder.load_pretrained_text_model(text_model)
+        text_encoder = model.base_model.text_encoder
+        if config.text_embedding == "input_embeddings":
+            weight = load_input_embeddings(model_args.text_model_name_or_path, config.text_config, model_args.trust_remote_code)
+            text_encoder.embed_tokens.load_state_dict({"weight": weight})
+        else:
+            text_model = AutoModel.from_pretrained(
+                model_args.text_model_name_or_path, trust_remote_code=model_args.trust_remote_code
+            )
+            text_encoder.load_pretrained_text_model(text_model)
+    # The frozen encoders in --encoder_dtype, whatever the checkpoint's dtype; everything that trains in float32.
+    frozen_encoders = [
+        model.base_model.encoder(modality) for modality in config.modalities if getattr(config, f"freeze_{modality}_encoder")
+    ]
+    frozen_parameters = {parameter for encoder in frozen_encoders for parameter in encoder.parameters()}
+    for encoder in frozen_encoders:
+        encoder.to(getattr(torch, model_args.encoder_dtype))
+    for parameter in model.parameters():
+        if parameter not in frozen_parameters:
+            parameter.data = parameter.data.float()
     return model
+
+
+def load_input_embeddings(text_model_name_or_path: str, text_config, trust_remote_code: bool) -> torch.Tensor:
+    """The token embedding matrix of a pretrained text model, read alone from its safetensors file(s).
+
+    The `input_embeddings` text branch keeps only this matrix: loading the whole model would materialise every
+    transformer layer first (26 GB for LLaMA-2-13B in float32). The model is built on the meta device only to learn
+    the matrix's name; a checkpoint of a model with a head (`LlamaForCausalLM`) prefixes it with `base_model_prefix`.
+    """
+    with torch.device("meta"):
+        text_model = AutoModel.from_config(text_config, trust_remote_code=trust_remote_code)
+    embeddings = text_model.get_input_embeddings()
+    name = next(name for name, module in text_model.named_modules() if module is embeddings) + ".weight"
+    candidates = [name, f"{text_model.base_model_prefix}.{name}"]
+    index_file = cached_file(text_model_name_or_path, SAFE_WEIGHTS_INDEX_NAME, _raise_exceptions_for_missing_entries=False)
+    if index_file is not None:
+        with open(index_file, encoding="utf-8") as file:
+            weight_map = json.load(file)["weight_map"]
+        key = next((candidate for candidate in candidates if candidate in weight_map), None)
+        filename = weight_map.get(key)
+    else:
+        key, filename = None, SAFE_WEIGHTS_NAME
+    weights_file = cached_file(text_model_name_or_path, filename, _raise_exceptions_for_missing_entries=False) if filename else None
+    if weights_file is None:
+        raise ValueError(
+            f"{text_model_name_or_path} has no {SAFE_WEIGHTS_NAME} (or index naming {' / '.join(candidates)}): the "
+            "`input_embeddings` text branch reads its token embeddings from safetensors files."
+        )
+    with safe_open(weights_file, framework="pt") as weights:
+        key = key or next((candidate for candidate in candidates if candidate in weights.keys()), None)
+        if key is None:
+            raise ValueError(f"{weights_file} holds no token embeddings: none of {candidates}.")
+        return weights.get_tensor(key)
 
 
 def lora_target_regex(model: PreTrainedModel, target_modules: list[str] | None) -> str:
@@ -675,12 +747,23 @@ def _state_dict_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+# The dtypes the cache stores features in, and how: Arrow has no bfloat16, so bfloat16 features are stored as their
+# bits in int16 and viewed back as bfloat16 when batched (`cached_features`).
+CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.int16}
+
+
+def cached_features(rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Cached feature tensors of some rows in the dtype they were stored in (bfloat16 comes out of the cache as int16)."""
+    return [row.view(torch.bfloat16) if row.dtype == torch.int16 else row for row in rows]
+
+
 class FeatureCache:
     """On-disk cache of the outputs of frozen encoders, one Arrow file per (modality, encoder, inputs).
 
     A file's name is a fingerprint of everything the features depend on, so any change gives a miss and a new file:
 
-    - the modality's encoder config (and `text_embedding` for text) and a sha256 of the encoder's weights;
+    - the modality's encoder config (and `text_embedding` for text), a sha256 of the encoder's weights (hence their
+      dtype) and the dtype the features are stored in;
     - for text, the token ids themselves (they capture the tokenizer, its settings, `--max_seq_length` and the
       transcripts); for video and audio, the processor's feature-extractor config and each clip's path, size and
       modification time.
@@ -688,13 +771,21 @@ class FeatureCache:
     Labels, speakers and the rest of the data are not part of it: they are joined to the cached columns at every run.
     Only frozen encoders are cached; one with trainable weights (LoRA adapters, `freeze_*_encoder=False`) runs live.
 
+    On a miss with several processes (`accelerate launch`, torchrun), every process encodes a contiguous share of the
+    utterances into a shard file, then the main process joins the shards in order into the one cache file and the
+    others wait for it. Every file appears under its name only once it is whole (datasets' `map` and the join write
+    to a temporary file first): a process killed while encoding leaves no file a later run would take, and that run
+    encodes the missing shard again.
+
     Args:
         model: the task model; its encoders compute the features (in eval mode, without gradients).
         processor: prepares the clips of the video / audio encoders (text arrives tokenized).
         modalities: the modalities to cache.
         cache_dir: the cache folder; files go to `cache_dir/<modality>/<fingerprint>.arrow`.
         batch_size: utterances encoded at once.
-        num_workers: DataLoader worker processes that read and preprocess the clips (0: this process does).
+        num_workers: DataLoader worker processes of each process that read and preprocess the clips (0: the process
+            itself does).
+        cache_dtype: the dtype features are stored in, a key of `CACHE_DTYPES` (`bfloat16` / `float16` halve the cache).
     """
 
     def __init__(
@@ -705,13 +796,18 @@ class FeatureCache:
         cache_dir: str,
         batch_size: int,
         num_workers: int = 0,
+        cache_dtype: str = "float32",
     ):
+        if cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache_dtype must be one of {list(CACHE_DTYPES)}, got {cache_dtype!r}.")
         self.model = model
         self.processor = processor
         self.modalities = modalities
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.cache_dtype = cache_dtype
+        self.state = PartialState()
         # The encoder part of each fingerprint, computed once for all splits (hashing the weights reads all of them).
         self.encoder_keys = {modality: self._encoder_key(modality) for modality in modalities}
 
@@ -721,7 +817,8 @@ class FeatureCache:
         # Where it was loaded from, not what it computes; `dtype` is set by loading, and the digest has the weights' dtypes.
         for volatile in ("_name_or_path", "transformers_version", "dtype"):
             encoder_config.pop(volatile, None)
-        parts = [FEATURE_CACHE_VERSION, modality, encoder_config, _state_dict_digest(self.model.base_model.encoder(modality))]
+        encoder = self.model.base_model.encoder(modality)
+        parts = [FEATURE_CACHE_VERSION, modality, encoder_config, _state_dict_digest(encoder), self.cache_dtype]
         if modality == "text":
             parts.append(config.text_embedding)
         else:
@@ -742,16 +839,21 @@ class FeatureCache:
 
     def _features(self, modality: str) -> datasets.Features:
         width = self.model.config.modality_hidden_size(modality)
+        dtype = str(CACHE_DTYPES[self.cache_dtype]).removeprefix("torch.")
         if modality == "text":  # one row per real token of the target utterance
-            return datasets.Features(text_features=datasets.Array2D(shape=(None, width), dtype="float32"))
+            return datasets.Features(text_features=datasets.Array2D(shape=(None, width), dtype=dtype))
         modality_config = getattr(self.model.config, f"{modality}_config")
         num_tokens = modality_config.num_video_query_tokens if modality == "video" else modality_config.num_audio_query_tokens
         return datasets.Features(
             {
-                f"{modality}_features": datasets.Array2D(shape=(num_tokens, width), dtype="float32"),
+                f"{modality}_features": datasets.Array2D(shape=(num_tokens, width), dtype=dtype),
                 f"{modality}_mask": datasets.Value("int64"),
             }
         )
+
+    def _to_cache_dtype(self, features: torch.Tensor) -> np.ndarray:
+        features = features.to(getattr(torch, self.cache_dtype)).cpu()
+        return (features.view(torch.int16) if self.cache_dtype == "bfloat16" else features).numpy()
 
     @torch.inference_mode()
     def _encode(self, batch: dict[str, list], modality: str) -> dict[str, Any]:
@@ -780,7 +882,7 @@ class FeatureCache:
         features, masks = [None] * num_rows, [None] * num_rows
         for rows, inputs in zip(sub_batches, sub_batch_inputs):
             inputs = inputs.to(self.model.device)
-            encoded = self.model.base_model.encode_modalities(**inputs)[f"{modality}_features"].float().cpu().numpy()
+            encoded = self._to_cache_dtype(self.model.base_model.encode_modalities(**inputs)[f"{modality}_features"])
             if modality == "text":  # one row per real token of the target (the pooled ones: the cache stays small)
                 token_masks = inputs["attention_mask"].bool()
                 if "text_target_mask" in batch:
@@ -796,9 +898,51 @@ class FeatureCache:
             return {"text_features": features}
         return {f"{modality}_features": features, f"{modality}_mask": masks}
 
+    def _encode_into(self, dataset: datasets.Dataset, modality: str, path: str, fingerprint: str, desc: str) -> datasets.Dataset:
+        """The encoded `modality` of `dataset`, read from `path`, written there first unless it exists."""
+        return dataset.map(
+            self._encode,
+            fn_kwargs={"modality": modality},
+            batched=True,
+            batch_size=self.batch_size * 16,
+            remove_columns=dataset.column_names,
+            features=self._features(modality),
+            cache_file_name=path,
+            load_from_cache_file=True,
+            new_fingerprint=fingerprint,
+            desc=desc,
+        )
+
+    def _encode_sharded(self, dataset: datasets.Dataset, modality: str, path: str, fingerprint: str, split: str) -> None:
+        """Writes the cache file `path` with every process encoding a contiguous share of `dataset`."""
+        num_shards, index = self.state.num_processes, self.state.process_index
+        bounds = [len(dataset) * shard // num_shards for shard in range(num_shards + 1)]
+        shard_paths = [path.removesuffix(".arrow") + f"-{shard:05d}-of-{num_shards:05d}.arrow" for shard in range(num_shards)]
+        # `map` writes no file for no rows (more processes than utterances): such a shard has none.
+        if bounds[index] < bounds[index + 1]:
+            # A shard that an earlier, interrupted run finished is whole (it gets its name only once written): reused.
+            self._encode_into(
+                dataset.select(range(bounds[index], bounds[index + 1])), modality, shard_paths[index],
+                f"{fingerprint}-{index}-{num_shards}", desc=f"Encoding {modality} ({split}, shard {index + 1}/{num_shards})",
+            )
+        self.state.wait_for_everyone()
+        if self.state.is_main_process:
+            shard_paths = [shard_path for shard, shard_path in enumerate(shard_paths) if bounds[shard] < bounds[shard + 1]]
+            shards = [datasets.Dataset.from_file(shard_path) for shard_path in shard_paths]
+            with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".arrow.tmp", delete=False) as joined:
+                with ArrowWriter(features=self._features(modality), path=joined.name, fingerprint=fingerprint) as writer:
+                    for shard in shards:
+                        writer.write_table(shard.data.table)
+                    writer.finalize()
+            os.replace(joined.name, path)  # only now a complete cache file
+            del shards
+            for shard_path in shard_paths:
+                os.remove(shard_path)
+        self.state.wait_for_everyone()
+
     def add_features(self, dataset: datasets.Dataset, split: str) -> datasets.Dataset:
         """`dataset` (tokenized utterance rows) with the cached feature columns of every cached modality added,
-        encoding them on a miss."""
+        encoding them on a miss. With several processes, each calls it on the same dataset."""
         if not self.modalities:
             return dataset
         self.model.eval()  # dropout off: the features are those of the frozen encoders, which train in eval mode
@@ -806,29 +950,32 @@ class FeatureCache:
         for modality in self.modalities:
             fingerprint = self.fingerprint(dataset, modality)
             path = os.path.join(self.cache_dir, modality, f"{fingerprint}.arrow")
-            if os.path.exists(path):
+            found = [(fingerprint, os.path.exists(path))]
+            if self.state.num_processes > 1:
+                # One decision for all: a process alone on a miss would wait for the others forever.
+                found = gather_object(found)
+                if len({process_fingerprint for process_fingerprint, _ in found}) > 1:
+                    raise ValueError(
+                        f"The {self.state.num_processes} processes disagree on the {modality} features of the {split} "
+                        f"split (fingerprints {sorted({f for f, _ in found})}): their {modality} encoder weights or "
+                        "inputs differ."
+                    )
+            if all(exists for _, exists in found):
                 logger.info(f"Feature cache hit: {split} {modality} features of {len(dataset)} utterances from {path}")
             else:
-                logger.info(f"Feature cache miss: encoding the {modality} of {len(dataset)} {split} utterances into {path}")
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            columns.append(
-                dataset.map(
-                    self._encode,
-                    fn_kwargs={"modality": modality},
-                    batched=True,
-                    batch_size=self.batch_size * 16,
-                    remove_columns=dataset.column_names,
-                    features=self._features(modality),
-                    cache_file_name=path,
-                    load_from_cache_file=True,
-                    new_fingerprint=fingerprint,
-                    desc=f"Encoding {modality} ({split})",
+                logger.info(
+                    f"Feature cache miss: encoding the {modality} of {len(dataset)} {split} utterances into {path}"
+                    + (f" in {self.state.num_processes} shards" if self.state.num_processes > 1 else "")
                 )
-            )
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                if self.state.num_processes > 1:
+                    self._encode_sharded(dataset, modality, path, fingerprint, split)
+            columns.append(self._encode_into(dataset, modality, path, fingerprint, desc=f"Encoding {modality} ({split})"))
         feature_columns = [column for part in columns[1:] for column in part.column_names if column.endswith("_features")]
-        # Tensors straight from Arrow: python lists of floats would cost seconds per epoch.
+        # Tensors straight from Arrow (python lists of floats would cost seconds per epoch), in the stored dtype (the
+        # torch format would give float32 and int64).
         return datasets.concatenate_datasets(columns, axis=1).with_format(
-            "torch", columns=feature_columns, output_all_columns=True
+            "torch", columns=feature_columns, output_all_columns=True, dtype=CACHE_DTYPES[self.cache_dtype]
         )
 
 
@@ -852,7 +999,7 @@ class UtteranceCollator:
         if "text" in self.modalities:
             batch["text_mask"] = torch.tensor([row["text_mask"] for row in rows])
             if "text" in self.cached_modalities:
-                features = [row["text_features"] for row in rows]
+                features = cached_features([row["text_features"] for row in rows])
                 batch["text_features"] = torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
                 token_masks = [torch.ones(len(item), dtype=torch.long) for item in features]
                 batch["attention_mask"] = torch.nn.utils.rnn.pad_sequence(token_masks, batch_first=True)
@@ -866,7 +1013,7 @@ class UtteranceCollator:
             if modality not in self.modalities:
                 continue
             if modality in self.cached_modalities:
-                batch[f"{modality}_features"] = torch.stack([row[f"{modality}_features"] for row in rows])
+                batch[f"{modality}_features"] = torch.stack(cached_features([row[f"{modality}_features"] for row in rows]))
                 batch[f"{modality}_mask"] = torch.tensor([row[f"{modality}_mask"] for row in rows])
             else:
                 batch.update(process_media(self.processor, modality, [row["video_path"] for row in rows]))
@@ -1438,13 +1585,14 @@ def main(args: list[str] | None = None) -> None:
         data_args.feature_cache_dir,
         training_args.per_device_eval_batch_size,
         num_workers=training_args.dataloader_num_workers,
+        cache_dtype=data_args.cache_dtype or model_args.encoder_dtype,
     )
-    # The main process tokenizes, encodes and writes the cache first; the others then read it.
-    with training_args.main_process_first(desc="dataset preparation and feature cache"):
-        splits = {
-            split: task.build_dataset(split_conversations, data_args, processor, feature_cache, split)
-            for split, split_conversations in conversations.items()
-        }
+    # Every process builds the datasets: on a cache miss each encodes its share of the utterances (`FeatureCache`).
+    splits = {
+        split: task.build_dataset(split_conversations, data_args, processor, feature_cache, split)
+        for split, split_conversations in conversations.items()
+    }
+    with training_args.main_process_first(desc="loading the metrics"):
         compute_metrics = task.build_compute_metrics(model)
 
     trainer = MMEmotionTrainer(

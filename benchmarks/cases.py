@@ -567,6 +567,99 @@ def scaling_frames(clip: str, frame_counts: list[int], repeats: int) -> list[dic
     return rows
 
 
+# --- feature extraction at corpus scale --------------------------------------------------------------------------
+
+# ECF's clips (16,720 utterances), for extrapolating cache sizes.
+ECF_UTTERANCES = 16720
+
+
+def sharded_cache_build(clip: str, num_utterances: int, process_counts: list[int], repeats: int) -> list[dict]:
+    """
+    Seconds to build the tiny preset's video + audio feature cache of `num_utterances` clips with 1 or more processes
+    (torchrun, gloo, one torch thread each, clips decoded by each process itself): every process encodes its shard,
+    the main process joins them (`sharded_build.py`). The 1-minute load average before and after each build is kept:
+    the other processes of a shared machine take cores from the shards.
+    """
+    import subprocess
+    import sys
+
+    rows = []
+    for num_processes in process_counts:
+        runs = []
+        for _ in range(repeats + 1):  # the first run warms the page cache up and is not kept
+            with tempfile.TemporaryDirectory(prefix="mmemotion-shards-") as folder:
+                output = os.path.join(folder, "result.json")
+                command = [
+                    sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(num_processes),
+                    os.path.join(ROOT, "benchmarks", "sharded_build.py"), clip, str(num_utterances), os.path.join(folder, "cache"), output,
+                ]
+                environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+                load_before = os.getloadavg()[0]
+                subprocess.run(command, check=True, env=environment, capture_output=True)
+                with open(output) as file:
+                    runs.append((json.load(file)["seconds"], load_before, os.getloadavg()[0]))
+        seconds, load_before, load_after = sorted(runs[1:])[len(runs[1:]) // 2]
+        rows.append(
+            {
+                "processes": num_processes,
+                "utterances": num_utterances,
+                "seconds": seconds,
+                "utterances_per_s": num_utterances / seconds,
+                "speedup": rows[0]["seconds"] / seconds if rows else 1.0,
+                "load_before": load_before,
+                "load_after": load_after,
+            }
+        )
+    return rows
+
+
+def cache_sizes(clip: str, num_utterances: int) -> list[dict]:
+    """
+    Bytes per utterance of the feature cache files of the tiny preset's text, video and audio in each cache dtype
+    (built by `train.FeatureCache` from `num_utterances` copies of a clip), and the same layout at VideoLLaMA's
+    widths (`exp0`: query tokens x LLaMA-13B width) for ECF's 16,720 utterances; text there at the tiny cache's
+    token count per utterance.
+    """
+    import datasets
+
+    import train
+
+    datasets.disable_progress_bars()
+    model = MMEmotionForEmotionClassification(load_config("tiny")).eval()
+    processor = MMEmotionProcessor.from_pretrained(TINY)
+    dataset = datasets.Dataset.from_dict({"video_path": [clip] * num_utterances, "text": [TRANSCRIPT] * num_utterances})
+    dataset = train.tokenize_utterances(dataset, processor, TEXT_LENGTH)
+    tokens_per_utterance = statistics.mean(dataset["length"])
+
+    def values_per_utterance(config: MMEmotionConfig) -> dict[str, float]:
+        return {
+            "text": tokens_per_utterance * config.modality_hidden_size("text"),
+            "video": config.video_config.num_video_query_tokens * config.modality_hidden_size("video"),
+            "audio": config.audio_config.num_audio_query_tokens * config.modality_hidden_size("audio"),
+        }
+
+    tiny_values, exp0_values = values_per_utterance(load_config("tiny")), values_per_utterance(load_config("exp0"))
+    rows = []
+    for cache_dtype, storage in train.CACHE_DTYPES.items():
+        with tempfile.TemporaryDirectory(prefix="mmemotion-cache-") as cache_dir:
+            train.FeatureCache(model, processor, ["text", "video", "audio"], cache_dir, 8, cache_dtype=cache_dtype).add_features(dataset, "bench")
+            for modality in ("text", "video", "audio"):
+                folder = os.path.join(cache_dir, modality)
+                size = sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
+                bytes_per_value = torch.empty(0, dtype=storage).element_size()
+                rows.append(
+                    {
+                        "cache_dtype": cache_dtype,
+                        "modality": modality,
+                        "tiny_bytes_per_utterance": size / num_utterances,
+                        "tiny_values_per_utterance": tiny_values[modality],
+                        "exp0_values_per_utterance": exp0_values[modality],
+                        "ecf_exp0_gb": ECF_UTTERANCES * exp0_values[modality] * bytes_per_value / 1e9,
+                    }
+                )
+    return rows
+
+
 CASES = {
     function.__name__: function
     for function in (
@@ -581,5 +674,7 @@ CASES = {
         training_epoch,
         scaling_utterances,
         scaling_frames,
+        sharded_cache_build,
+        cache_sizes,
     )
 }

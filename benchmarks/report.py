@@ -245,6 +245,41 @@ def _scaling_section(results: dict) -> list[str]:
     return lines
 
 
+def _scale_section(results: dict) -> list[str]:
+    lines = []
+    rows = _rows(results, "sharded_cache_build")
+    if rows:
+        title = (
+            "## Corpus scale: building the tiny preset's video + audio feature cache with N processes (torchrun, gloo, "
+            "one torch thread each, each decoding its own clips; shards joined by the main process)"
+        )
+        header = ["processes", "utterances", "seconds", "utterances/s", "speedup vs 1 process", "load average before / after"]
+        table = [
+            [row["processes"], row["utterances"], row["seconds"], row["utterances_per_s"], f"{row['speedup']:.2f}x", f"{row['load_before']:.1f} / {row['load_after']:.1f}"]
+            for row in rows
+        ]
+        lines += [title, ""] + _table(header, table)
+    forward = [row for job in _jobs(results, "encoder_forward") if job["group"] == "scale" for row in job["rows"]]
+    if forward:
+        lines += ["## Corpus scale: encoder forward in float32 vs bfloat16 on the CPU (utterances/s, whole model cast)", ""]
+        table = []
+        for row in (row for row in forward if row["dtype"] == "bfloat16"):
+            full = _find(forward, preset=row["preset"], batch_size=row["batch_size"], dtype="float32")
+            ratio = f"{row['utterances_per_s'] / full['utterances_per_s']:.2f}x" if full else "-"
+            table.append([row["preset"], row["batch_size"], full and full["utterances_per_s"], row["utterances_per_s"], ratio])
+        lines += _table(["preset", "batch", "float32", "bfloat16", "bfloat16 / float32"], table)
+    rows = _rows(results, "cache_sizes")
+    if rows:
+        lines += ["## Corpus scale: feature cache size by stored dtype (tiny: measured files; ECF at exp0 widths: computed)", ""]
+        header = ["cache dtype", "modality", "tiny bytes/utterance", "tiny values/utterance", "exp0 values/utterance", "ECF (16,720 utterances) at exp0, GB"]
+        table = [
+            [row["cache_dtype"], row["modality"], row["tiny_bytes_per_utterance"], row["tiny_values_per_utterance"], row["exp0_values_per_utterance"], row["ecf_exp0_gb"]]
+            for row in rows
+        ]
+        lines += _table(header, table)
+    return lines
+
+
 def render_markdown(results: dict) -> str:
     """The whole results.md."""
     machine = results["machine"]
@@ -273,6 +308,6 @@ def render_markdown(results: dict) -> str:
         "",
     ]
     lines += headlines(results)
-    for section in (_video_section, _audio_section, _pipeline_section, _encoder_section, _flops_section, _gpu_section, _training_section, _scaling_section):
+    for section in (_video_section, _audio_section, _pipeline_section, _encoder_section, _flops_section, _gpu_section, _training_section, _scaling_section, _scale_section):
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"

@@ -50,6 +50,8 @@ PROFILES = {
         "training": [("tiny", 128, ["cached", "live", "lora"]), ("mid", 4, ["cached", "live"])],
         "scaling_counts": [8, 16, 32, 64],
         "frame_counts": [2, 4, 8, 16, 32],
+        "shard_utterances": 64,
+        "dtype_encoders": [("tiny", [8]), ("mid", [1])],
     },
     "quick": {
         "repeats": 3,
@@ -64,6 +66,8 @@ PROFILES = {
         "training": [("tiny", 32, ["cached", "live", "lora"])],
         "scaling_counts": [8, 16],
         "frame_counts": [4, 8, 16],
+        "shard_utterances": 32,
+        "dtype_encoders": [("tiny", [8]), ("mid", [1])],
     },
     # Every code path on the smallest inputs (tests/test_benchmarks.py).
     "smoke": {
@@ -79,9 +83,11 @@ PROFILES = {
         "training": [("tiny", 2, ["cached", "live", "lora"])],
         "scaling_counts": [2],
         "frame_counts": [2],
+        "shard_utterances": 4,
+        "dtype_encoders": [("tiny", [1])],
     },
 }
-GROUPS = ("video", "audio", "pipeline", "encoders", "gpu", "training", "scaling")
+GROUPS = ("video", "audio", "pipeline", "encoders", "gpu", "training", "scaling", "scale")
 # Utterances per batch of the encoders and of training (a smaller dataset is one smaller batch).
 BATCH_SIZE = 8
 # The clip length of the pipeline and scaling cases: ECF utterances last 3.2 s on average (median 2.5 s).
@@ -138,6 +144,13 @@ def plan(profile: dict, clips: dict[float, str], groups: tuple[str, ...], cuda: 
         add("gpu", "video_branch_flops", batch_size=4, repeats=repeats, device="cuda", dtype="bfloat16", attention=["sdpa", "eager"])
     add("scaling", "scaling_utterances", clip=utterance_clip, counts=profile["scaling_counts"], repeats=slow, workers=max(profile["workers"]), batch_size=BATCH_SIZE)
     add("scaling", "scaling_frames", clip=clips[max(clips)], frame_counts=profile["frame_counts"], repeats=repeats)
+    # Feature extraction at corpus scale: sharded cache builds, half-precision encoders on the CPU, cache sizes.
+    add("scale", "sharded_cache_build", clip=utterance_clip, num_utterances=profile["shard_utterances"], process_counts=[1, 2], repeats=slow)
+    for preset, batch_sizes in profile["dtype_encoders"]:
+        for dtype in ("float32", "bfloat16"):
+            preset_repeats = repeats if preset == "tiny" else slow
+            add("scale", "encoder_forward", preset=preset, batch_sizes=batch_sizes, repeats=preset_repeats, breakdown=False, dtype=dtype)
+    add("scale", "cache_sizes", clip=utterance_clip, num_utterances=profile["shard_utterances"])
     return jobs
 
 
