@@ -627,7 +627,14 @@ def cache_sizes(clip: str, num_utterances: int) -> list[dict]:
     datasets.disable_progress_bars()
     model = MMEmotionForEmotionClassification(load_config("tiny")).eval()
     processor = MMEmotionProcessor.from_pretrained(TINY)
-    dataset = datasets.Dataset.from_dict({"video_path": [clip] * num_utterances, "text": [TRANSCRIPT] * num_utterances})
+    dataset = datasets.Dataset.from_dict(
+        {
+            "video_path": [clip] * num_utterances,
+            "text": [TRANSCRIPT] * num_utterances,
+            "speaker": ["Ross"] * num_utterances,
+            "conversation_id": list(range(num_utterances)),  # one utterance a conversation: no context window
+        }
+    )
     dataset = train.tokenize_utterances(dataset, processor, TEXT_LENGTH)
     tokens_per_utterance = statistics.mean(dataset["length"])
 
