@@ -1,6 +1,7 @@
 """prepare_clips.py on generated episodes whose frames show their own index as a grey level."""
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -253,3 +254,30 @@ def test_meld_clips_are_copied_and_the_rest_cut_from_episodes(tmp_path):
     assert both["clips"]["dia1utt3.mp4"] == both["clips"]["dia2utt1.mp4"] == "episode:S01E01"
     assert both["clips"]["dia1utt1.mp4"] == "meld:train_splits/dia0_utt0.mp4"
     assert (tmp_path / "clips" / "dia1utt1.mp4").read_bytes() == (meld_dir / "train_splits" / "dia0_utt0.mp4").read_bytes()
+
+
+def test_train_reads_the_clips_it_made_with_no_missing_clip(tmp_path, caplog):
+    import train
+
+    write_episode(str(tmp_path / "friends" / "Friends.S01E01.mkv"), 25, seconds=5)
+    emotions = ["joy", "anger", "neutral", "joy", "anger", "neutral"]
+    data_file = write_data_file(tmp_path / "data.json", [[("S01E01", 0.6 * i, 0.6 * i + 0.5) for i in range(6)]])
+    with open(data_file) as file:
+        conversations = json.load(file)
+    for utterance, emotion in zip(conversations[0]["conversation"], emotions):
+        utterance["emotion"] = emotion
+    with open(data_file, "w") as file:
+        json.dump(conversations, file)
+    report = run(tmp_path, data_file, "--episodes_dir", tmp_path / "friends")
+    assert len(report["clips"]) == 6
+
+    caplog.set_level(logging.INFO)
+    train.main([
+        "--config_name", "tiny", "--train_file", str(data_file), "--validation_file", str(data_file),
+        "--video_dir", str(tmp_path / "clips"), "--do_train", "--do_eval", "--num_train_epochs", "1",
+        "--output_dir", str(tmp_path / "run"), "--feature_cache_dir", str(tmp_path / "cache"), "--disable_tqdm", "true",
+    ])
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [message for message in messages if "video missing" in message]
+    assert any("Feature cache miss: encoding the video" in message for message in messages), messages
