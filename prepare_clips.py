@@ -45,7 +45,9 @@ logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mkv", ".mp4", ".avi", ".m4v", ".mov", ".webm", ".ts", ".mpg")
 # `S01E16`, `s01e16-e17`, `S01E16E17`, `S01.E16`.
-_SEASON_EPISODE_PATTERN = re.compile(r"(?<![a-z0-9])s(\d{1,2})[ ._-]?e(\d{1,2})(?:[ ._-]?-?[ ._-]?e?(\d{1,2}))?(?!\d)", re.I)
+_SEASON_EPISODE_PATTERN = re.compile(
+    r"(?<![a-z0-9])s(\d{1,2})[ ._-]?e(\d{1,2})(?:[ ._-]?-?[ ._-]?e?(\d{1,2}))?(?!\d)", re.I
+)
 # `1x01`, `1x16-1x17`, `1x16-17`.
 _CROSS_PATTERN = re.compile(r"(?<![a-z0-9])(\d{1,2})x(\d{2})(?:[ ._-]*-[ ._-]*(?:\d{1,2}x)?(\d{2}))?(?!\d)", re.I)
 # `Season 01/Episode 05 ...`, `Season 1/05 - The One ...`, `Season 01/E05.mkv`.
@@ -63,7 +65,9 @@ TEMPORARY_SUFFIX = ".part"
 
 @dataclass
 class PrepareClipsArguments:
-    data_file: str = field(metadata={"help": "An ECF / SemEval-2024 Task 3 JSON file (utterances with `video_source`)."})
+    data_file: str = field(
+        metadata={"help": "An ECF / SemEval-2024 Task 3 JSON file (utterances with `video_source`)."}
+    )
     output_dir: str = field(metadata={"help": "Where the clips go, named by `video_name` (dia{c}utt{u}.mp4)."})
     episodes_dir: str | None = field(
         default=None,
@@ -116,7 +120,9 @@ class PrepareClipsArguments:
         if self.width is not None and (self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2):
             raise ValueError(f"--width/--height must be positive and even (yuv420p), got {self.width}x{self.height}.")
         if not 0 <= self.min_duration < self.max_duration:
-            raise ValueError(f"need 0 <= --min_duration < --max_duration, got {self.min_duration}, {self.max_duration}.")
+            raise ValueError(
+                f"need 0 <= --min_duration < --max_duration, got {self.min_duration}, {self.max_duration}."
+            )
         if self.report_file is None:
             self.report_file = os.path.join(self.output_dir, "prepare_clips_report.json")
 
@@ -206,7 +212,9 @@ def read_meld_mapping(path: str) -> dict[tuple[int, int], tuple[str, int, int]]:
             continue
         header = lines[index].split()
         if len(header) != 2 or not all(part.isdigit() for part in header):
-            raise ValueError(f"{path}: line {index + 1}: expected 'conversation_ID num_utterances', got {lines[index]!r}")
+            raise ValueError(
+                f"{path}: line {index + 1}: expected 'conversation_ID num_utterances', got {lines[index]!r}"
+            )
         conversation_id, num_utterances = map(int, header)
         utterance_lines = lines[index + 2 : index + 2 + num_utterances]
         if len(utterance_lines) != num_utterances:
@@ -308,9 +316,10 @@ def _audio_slice(frame: av.AudioFrame, start: float, end: float) -> av.AudioFram
         return None
     if first == 0 and last == frame.samples:
         return frame
-    samples = frame.to_ndarray()
-    samples = samples[:, first:last] if frame.format.is_planar else samples[:, first * len(frame.layout.channels) : last * len(frame.layout.channels)]
-    sliced = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format=frame.format.name, layout=frame.layout.name)
+    # Packed formats interleave the channels in one row.
+    stride = 1 if frame.format.is_planar else len(frame.layout.channels)
+    samples = np.ascontiguousarray(frame.to_ndarray()[:, first * stride : last * stride])
+    sliced = av.AudioFrame.from_ndarray(samples, format=frame.format.name, layout=frame.layout.name)
     sliced.sample_rate = rate
     return sliced
 
@@ -387,7 +396,8 @@ def cut_episode(
     results = []
     with container:
         if not container.streams.video:
-            return [(utterance, ("unreadable episode", f"{episode_path} has no video stream")) for utterance in utterances]
+            reason = ("unreadable episode", f"{episode_path} has no video stream")
+            return [(utterance, reason) for utterance in utterances]
         duration = container.duration / av.time_base if container.duration else None
         for utterance in sorted(utterances, key=lambda utterance: (utterance.start, utterance.end)):
             if duration is not None and utterance.start >= duration:
