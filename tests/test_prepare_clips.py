@@ -65,7 +65,9 @@ def write_data_file(path, ranges):
                     "video_name": f"dia{conversation_id}utt{utterance_id}.mp4",
                 }
             )
-        conversations.append({"conversation_ID": conversation_id, "conversation": conversation, "emotion-cause_pairs": []})
+        conversations.append(
+            {"conversation_ID": conversation_id, "conversation": conversation, "emotion-cause_pairs": []}
+        )
     with open(path, "w", encoding="utf-8") as file:
         json.dump(conversations, file)
     return path
@@ -140,9 +142,11 @@ def test_killed_run_leaves_no_half_clip_and_a_rerun_completes(tmp_path):
     output_dir = tmp_path / "clips"
     command = [sys.executable, os.path.join(ROOT, "prepare_clips.py"), "--data_file", str(data_file),
                "--episodes_dir", str(tmp_path / "friends"), "--output_dir", str(output_dir), "--num_workers", "2"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 60
-    while time.time() < deadline and not (output_dir.is_dir() and any(p.suffix == ".mp4" for p in output_dir.iterdir())):
+    while time.time() < deadline and not (output_dir.is_dir() and any(output_dir.glob("*.mp4"))):
         time.sleep(0.05)
     os.killpg(process.pid, 9)  # the workers too, mid-clip
     process.wait()
@@ -154,7 +158,8 @@ def test_killed_run_leaves_no_half_clip_and_a_rerun_completes(tmp_path):
 
     report = run(tmp_path, data_file, "--episodes_dir", tmp_path / "friends")
     assert report["skipped"] == []
-    assert sorted(os.listdir(output_dir)) == sorted([f"dia1utt{i}.mp4" for i in range(1, 61)] + ["prepare_clips_report.json"])
+    expected = [f"dia1utt{i}.mp4" for i in range(1, 61)] + ["prepare_clips_report.json"]
+    assert sorted(os.listdir(output_dir)) == sorted(expected)
 
 
 def test_every_bad_case_is_reported(tmp_path):
@@ -253,7 +258,8 @@ def test_meld_clips_are_copied_and_the_rest_cut_from_episodes(tmp_path):
     assert both["skipped"] == []
     assert both["clips"]["dia1utt3.mp4"] == both["clips"]["dia2utt1.mp4"] == "episode:S01E01"
     assert both["clips"]["dia1utt1.mp4"] == "meld:train_splits/dia0_utt0.mp4"
-    assert (tmp_path / "clips" / "dia1utt1.mp4").read_bytes() == (meld_dir / "train_splits" / "dia0_utt0.mp4").read_bytes()
+    copied = (tmp_path / "clips" / "dia1utt1.mp4").read_bytes()
+    assert copied == (meld_dir / "train_splits" / "dia0_utt0.mp4").read_bytes()
 
 
 def test_train_reads_the_clips_it_made_with_no_missing_clip(tmp_path, caplog):
@@ -281,3 +287,20 @@ def test_train_reads_the_clips_it_made_with_no_missing_clip(tmp_path, caplog):
     messages = [record.getMessage() for record in caplog.records]
     assert not [message for message in messages if "video missing" in message]
     assert any("Feature cache miss: encoding the video" in message for message in messages), messages
+
+
+def test_episode_without_audio_gives_clips_without_audio_and_meld_clips_can_be_linked(tmp_path):
+    write_episode(str(tmp_path / "friends" / "Friends.S01E01.mkv"), 25, seconds=3, with_audio=False)
+    data_file = write_data_file(tmp_path / "data.json", [[("S01E01", 0.5, 1.5), ("S01E01", 1.5, 2.5)]])
+    report = run(tmp_path, data_file, "--episodes_dir", tmp_path / "friends")
+    with av.open(str(tmp_path / "clips" / "dia1utt1.mp4")) as container:
+        assert len(container.streams.video) == 1 and not container.streams.audio
+
+    meld_dir = tmp_path / "MELD.Raw"
+    write_episode(str(meld_dir / "train_splits" / "dia0_utt0.mp4"), 25, seconds=1)
+    mapping = os.path.join(FIXTURES, "ecf_meld_mapping.txt")
+    linked = tmp_path / "linked"
+    report = run(tmp_path, data_file, "--meld_dir", meld_dir, "--meld_mapping", mapping, "--link_meld", "true",
+                 "--episodes_dir", tmp_path / "friends", output_dir=linked)
+    assert os.path.realpath(linked / "dia1utt1.mp4") == str(meld_dir / "train_splits" / "dia0_utt0.mp4")
+    assert report["clips"] == {"dia1utt1.mp4": "meld:train_splits/dia0_utt0.mp4", "dia1utt2.mp4": "episode:S01E01"}
