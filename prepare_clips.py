@@ -324,14 +324,34 @@ def _audio_slice(frame: av.AudioFrame, start: float, end: float) -> av.AudioFram
     return sliced
 
 
+def _seek_to_keyframe_before(container, video_in, time: float) -> None:
+    """Seeks so that decoding starts at a keyframe at or before `time`. Some demuxers (MPEG-TS) land on a later
+    keyframe: then an earlier target is tried."""
+    target = time
+    for _ in range(8):
+        container.seek(int(target * av.time_base), backward=True, any_frame=False)
+        first = next(
+            (frame.time for packet in container.demux(video_in) for frame in packet.decode() if frame.time is not None),
+            None,
+        )
+        if first is None or first <= time + 1e-6 or target <= 0:
+            break
+        target = max(0.0, target - max(1.0, 2 * (first - time)))
+    container.seek(int(target * av.time_base), backward=True, any_frame=False)
+
+
 def cut_clip(container, utterance: Utterance, final_path: str, settings: CutSettings) -> tuple[str, str] | None:
     """Writes [start, end) of the open episode to `final_path`; returns None, or (category, detail) of why no clip
     was written."""
     video_in = container.streams.video[0]
     audio_in = container.streams.audio[0] if container.streams.audio else None
     rate = video_in.average_rate or video_in.guessed_rate
-    # Seeking lands on the keyframe at or before `start`; the frames before `start` are decoded and dropped.
-    container.seek(int(utterance.start * av.time_base), backward=True, any_frame=False)
+    # ECF times are player positions (what `ffmpeg -ss` counts): from the container's start time, which is not 0 in
+    # every container (MPEG-TS).
+    origin = container.start_time / av.time_base if container.start_time else 0.0
+    start, end = utterance.start + origin, utterance.end + origin
+    # Decoding starts at the keyframe at or before `start`; the frames before `start` are decoded and dropped.
+    _seek_to_keyframe_before(container, video_in, start)
     temporary_path = _temporary_path(final_path)
     num_frames = 0
     try:
@@ -352,11 +372,11 @@ def cut_clip(container, utterance: Utterance, final_path: str, settings: CutSett
                 if all(finished.values()):
                     break
                 for frame in packet.decode():
-                    if frame.time is None or frame.time >= utterance.end - 1e-6:
+                    if frame.time is None or frame.time >= end - 1e-6:
                         finished[packet.stream.index] = frame.time is not None
                         continue
                     if packet.stream.type == "video":
-                        if frame.time < utterance.start - 1e-6:
+                        if frame.time < start - 1e-6:
                             continue
                         frame = frame.reformat(width=video_out.width, height=video_out.height, format="yuv420p")
                         frame.pts, frame.time_base = num_frames, Fraction(1) / rate
@@ -364,7 +384,7 @@ def cut_clip(container, utterance: Utterance, final_path: str, settings: CutSett
                         num_frames += 1
                     elif audio_out is not None:
                         # The audio frame holding `start` begins before it: it is sliced, not dropped.
-                        sliced = _audio_slice(frame, utterance.start, utterance.end)
+                        sliced = _audio_slice(frame, start, end)
                         if sliced is not None:
                             sliced.pts, sliced.time_base = audio_samples, Fraction(1, sliced.sample_rate)
                             audio_samples += sliced.samples
@@ -374,7 +394,6 @@ def cut_clip(container, utterance: Utterance, final_path: str, settings: CutSett
                 if audio_out is not None:
                     output.mux(audio_out.encode())
         if not num_frames:
-            os.remove(temporary_path)
             return "no video frame in range", f"no video frame in [{utterance.start:.3f}, {utterance.end:.3f}) s"
         os.replace(temporary_path, final_path)
     finally:

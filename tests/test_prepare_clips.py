@@ -79,9 +79,16 @@ def run(tmp_path, data_file, *extra, **kwargs):
     return prepare_clips.main(args)
 
 
-@pytest.mark.parametrize("fps", [Fraction(25), Fraction(24000, 1001)], ids=["25fps", "23.976fps"])
-def test_cuts_are_frame_accurate_with_sparse_keyframes(tmp_path, fps):
-    write_episode(str(tmp_path / "friends" / "Friends.S01E01.720p.BluRay.x264.mkv"), fps, seconds=5)
+@pytest.mark.parametrize(
+    "fps, extension",
+    [(Fraction(25), "mkv"), (Fraction(24000, 1001), "mkv"), (Fraction(25), "ts")],
+    ids=["25fps-mkv", "23.976fps-mkv", "25fps-mpegts"],  # MPEG-TS seeks land after the target
+)
+def test_cuts_are_frame_accurate_with_sparse_keyframes(tmp_path, fps, extension):
+    episode = write_episode(str(tmp_path / "friends" / f"Friends.S01E01.720p.BluRay.x264.{extension}"), fps, seconds=5)
+    with av.open(episode) as container:  # the MPEG-TS muxer shows the first frame a little after the start
+        stream = container.streams.video[0]
+        first_frame_time = float(stream.start_time * stream.time_base) - (container.start_time or 0) / av.time_base
     ranges = [(2.31, 3.07), (0.5, 1.0), (4.1, 4.9), (1.04, 2.5)]  # not in time order, inside a 2 s GOP
     data_file = write_data_file(tmp_path / "data.json", [[("S01E01", start, end) for start, end in ranges]])
 
@@ -91,7 +98,8 @@ def test_cuts_are_frame_accurate_with_sparse_keyframes(tmp_path, fps):
     for utterance_id, (start, end) in enumerate(ranges, start=1):
         clip = str(tmp_path / "clips" / f"dia1utt{utterance_id}.mp4")
         assert report["clips"][os.path.basename(clip)] == "episode:S01E01"
-        expected = list(range(math.ceil(start * fps), math.ceil(end * fps)))  # frames whose time is in [start, end)
+        # the frames whose time is in [start, end)
+        expected = list(range(math.ceil((start - first_frame_time) * fps), math.ceil((end - first_frame_time) * fps)))
         indexes = frame_indexes(clip)
         assert abs(indexes[0] - expected[0]) <= 1 and abs(indexes[-1] - expected[-1]) <= 1, (indexes, expected)
         assert abs(len(indexes) - len(expected)) <= 1
