@@ -330,10 +330,8 @@ def _seek_to_keyframe_before(container, video_in, time: float) -> None:
     target = time
     for _ in range(8):
         container.seek(int(target * av.time_base), backward=True, any_frame=False)
-        first = next(
-            (frame.time for packet in container.demux(video_in) for frame in packet.decode() if frame.time is not None),
-            None,
-        )
+        times = (frame.time for packet in container.demux(video_in) for frame in packet.decode())
+        first = next((frame_time for frame_time in times if frame_time is not None), None)
         if first is None or first <= time + 1e-6 or target <= 0:
             break
         target = max(0.0, target - max(1.0, 2 * (first - time)))
