@@ -20,6 +20,7 @@ def write_mp4(
     fps: float = 8,
     audio: np.ndarray | None = None,
     sample_rate: int = 16000,
+    gop_size: int | None = None,
 ) -> str:
     """
     Writes an mp4 file with one H.264 (yuv420p) video stream and, optionally, one mono AAC audio stream.
@@ -35,6 +36,8 @@ def write_mp4(
             Mono float waveform in [-1, 1]. No audio stream is written when `None`.
         sample_rate (`int`, *optional*, defaults to 16000):
             Sampling rate of `audio`.
+        gop_size (`int`, *optional*):
+            Frames from one keyframe to the next (libx264's default when `None`).
 
     Returns:
         `str`: the path written.
@@ -44,11 +47,13 @@ def write_mp4(
         raise ValueError(f"`frames` must have shape (T, H, W, 3), got {frames.shape}")
     path = os.fspath(path)
     with av.open(path, mode="w") as container:
-        video_stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        video_stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         video_stream.height, video_stream.width = frames.shape[1:3]
         video_stream.pix_fmt = "yuv420p"
         # Near-lossless so that the colour-coded test clips decode back to their codes.
         video_stream.options = {"crf": "10", "preset": "ultrafast"}
+        if gop_size is not None:
+            video_stream.codec_context.gop_size = gop_size
         audio_stream = None
         if audio is not None:
             audio_stream = container.add_stream("aac", rate=sample_rate, layout="mono")
