@@ -33,13 +33,16 @@ from torch import nn
 
 from transformers import AutoModel, Blip2QFormerModel, Blip2VisionModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
 try:  # loaded as remote code (a package made by transformers) or as part of the `mmemotion` package
     from .configuration_mmemotion import MMEmotionAudioConfig, MMEmotionConfig, MMEmotionVideoConfig
+    from .pipeline_mmemotion import EmotionCauseExtractionPipeline, pipeline_config_entry
 except ImportError:  # imported as a top-level module from the repository root (train.py, tests)
     from configuration_mmemotion import MMEmotionAudioConfig, MMEmotionConfig, MMEmotionVideoConfig
+    from pipeline_mmemotion import EmotionCauseExtractionPipeline, pipeline_config_entry
 
 
 logger = logging.get_logger(__name__)
@@ -397,8 +400,12 @@ class MMEmotionPreTrainedModel(PreTrainedModel):
         }
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also ships the `emotion-cause-extraction` pipeline (`pipeline_mmemotion.py`, `config.custom_pipelines`)."""
         self._set_full_auto_map()
+        self.config.custom_pipelines = pipeline_config_entry()
         super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            custom_object_save(EmotionCauseExtractionPipeline, save_directory)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
