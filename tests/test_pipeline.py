@@ -59,6 +59,15 @@ def run_pipeline_alone(tmp_path, output_dir, conversations_file):
     assert output["pipeline"] == "EmotionCauseExtractionPipeline"
     assert all(name.startswith("transformers_modules.") for name in output["modules"]), output["modules"]
     assert output["missing_video"] == "FileNotFoundError: No such media file: 'clips/missing.mp4'"
+
+    # The model card's pipeline example runs as written there (with the folder's name for the repo id).
+    card_code = (output_dir / "README.md").read_text().split("```python\n")[2].split("```")[0]
+    card_code = card_code.replace(f'model="{output_dir.name}"', 'model="checkpoint"')
+    assert 'model="checkpoint"' in card_code
+    card_run = subprocess.run(
+        [sys.executable, "-c", card_code], cwd=workdir, env=environment, capture_output=True, text=True, timeout=600
+    )
+    assert card_run.returncode == 0 and "'emotion':" in card_run.stdout, card_run.stderr[-3000:]
     return output
 
 
