@@ -32,7 +32,9 @@ logs a warning (table kept in sync with `docs/bad-input.md`):
 | clip longer than 30 s | still `num_frames` frames and `num_clips` audio clips |
 | empty or whitespace-only transcript, or `None` | `text_mask` 0, warning naming the item index |
 | `None` as a video / audio item | that modality masked for the item, no warning |
+| no `videos` / `audio` at all (text only) | no keys for them; the model treats the branch as absent, one warning |
 | `text` / `videos` / `audio` lists of different lengths | `ValueError` |
+| `conversations=`: not a list of non-empty lists of utterance dicts with a `"text"`, unknown keys, a speaker on some utterances only | `ValueError` naming the conversation and utterance |
 | frames not shaped (T, H, W, 3), waveform not 1-D | `ValueError` |
 | `decoder="decord"` / `"pyav"` not installed | `ImportError` |
 """
