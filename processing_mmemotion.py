@@ -854,7 +854,6 @@ class MMEmotionProcessor(ProcessorMixin):
                  for conversation, speakers in zip(conversations, conversation_speakers)]
             ),
         }
-        kwargs.pop("return_tensors", None)
         encodings = [
             self._tokenize_conversation([utterance["text"] for utterance in conversation], speakers, return_tensors="pt", **kwargs)
             for conversation, speakers in zip(conversations, conversation_speakers)
