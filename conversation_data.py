@@ -30,6 +30,7 @@ import torch
 
 from ecf import IGNORE_INDEX
 from modeling_mmemotion import MMEmotionForEmotionCauseExtraction, _scatter_rows
+from processing_mmemotion import pad_conversations
 
 
 ECPE_PAIR_F1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics", "ecpe_pair_f1")
@@ -80,25 +81,6 @@ class ConversationDataset(torch.utils.data.Dataset):
         return row
 
 
-def _per_utterance(value: Any) -> list[torch.Tensor]:
-    """A column of one conversation's utterances -> one tensor per utterance (from a list of possibly ragged items, or
-    an array with a leading utterance dimension)."""
-    if isinstance(value, (list, tuple)):
-        return [torch.as_tensor(item) for item in value]
-    return list(torch.as_tensor(value).unbind(0))
-
-
-def _pad_utterances(conversations: list[list[torch.Tensor]], num_utterances: int, pad_value: float) -> torch.Tensor:
-    """Stack per-utterance tensors into (C, num_utterances, *largest shape), padding every dimension with `pad_value`."""
-    items = [item for conversation in conversations for item in conversation]
-    shape = [max(item.shape[dim] for item in items) for dim in range(items[0].ndim)]
-    padded = items[0].new_full((len(conversations), num_utterances, *shape), pad_value)
-    for conversation_index, conversation in enumerate(conversations):
-        for utterance_index, item in enumerate(conversation):
-            padded[(conversation_index, utterance_index, *(slice(0, size) for size in item.shape))] = item
-    return padded
-
-
 @dataclass
 class ConversationCollator:
     """Pads conversation rows (`ConversationDataset`) into one `MMEmotionForEmotionCauseExtraction` batch.
@@ -145,7 +127,7 @@ class ConversationCollator:
             batch.update(self._model_inputs(rows, lengths, utterance_mask))
         for key, pad_value in (("labels", IGNORE_INDEX), ("speaker_ids", 0)):
             if key in rows[0]:
-                batch[key] = _pad_utterances([_per_utterance(row[key]) for row in rows], num_utterances, pad_value)
+                batch[key] = pad_conversations([row[key] for row in rows], num_utterances, pad_value)
         if "cause_pairs" in rows[0]:
             batch["cause_labels"] = self._cause_labels(rows, lengths, num_utterances)
         if "conversation_id" in rows[0]:
@@ -156,8 +138,8 @@ class ConversationCollator:
         names = MMEmotionForEmotionCauseExtraction.utterance_input_names
         if self.utterance_collator is None:
             return {
-                key: _pad_utterances(
-                    [_per_utterance(row["utterances"][key]) for row in rows],
+                key: pad_conversations(
+                    [row["utterances"][key] for row in rows],
                     utterance_mask.shape[1],
                     self.pad_token_id if key == "input_ids" else 0,
                 )

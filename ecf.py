@@ -35,6 +35,8 @@ from typing import Any
 
 import datasets
 
+from processing_mmemotion import speaker_ids
+
 
 logger = logging.getLogger(__name__)
 
@@ -365,12 +367,6 @@ def conversations_to_utterance_dataset(
     return datasets.Dataset.from_dict(columns, features=features)
 
 
-def _speaker_ids(speakers: list[str]) -> list[int]:
-    """Per-conversation speaker index, numbered in order of first appearance."""
-    index: dict[str, int] = {}
-    return [index.setdefault(speaker, len(index)) for speaker in speakers]
-
-
 def _cause_pair_indexes(conversation: dict[str, Any]) -> list[list[int]]:
     """The gold pairs as 0-based `[emotion_utterance_index, cause_utterance_index]`."""
     pairs = []
@@ -409,7 +405,7 @@ def conversations_to_conversation_dataset(
         columns["conversation_id"].append(conversation["conversation_ID"])
         columns["utterance_ids"].append([utterance["utterance_ID"] for utterance in utterances])
         columns["speakers"].append(speakers)
-        columns["speaker_ids"].append(_speaker_ids(speakers))
+        columns["speaker_ids"].append(speaker_ids(speakers))
         columns["texts"].append([utterance["text"] for utterance in utterances])
         columns["video_paths"].append(video_paths)
         columns["labels"].append(_label_ids(conversation))

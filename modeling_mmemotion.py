@@ -33,16 +33,22 @@ from torch import nn
 
 from transformers import AutoModel, Blip2QFormerModel, Blip2VisionModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
 try:  # loaded as remote code (a package made by transformers) or as part of the `mmemotion` package
     from .configuration_mmemotion import MMEmotionAudioConfig, MMEmotionConfig, MMEmotionVideoConfig
+    from .pipeline_mmemotion import EmotionCauseExtractionPipeline, pipeline_config_entry
 except ImportError:  # imported as a top-level module from the repository root (train.py, tests)
     from configuration_mmemotion import MMEmotionAudioConfig, MMEmotionConfig, MMEmotionVideoConfig
+    from pipeline_mmemotion import EmotionCauseExtractionPipeline, pipeline_config_entry
 
 
 logger = logging.get_logger(__name__)
+
+# The processor's argument of each modality (the model's messages name it).
+PROCESSOR_ARGUMENTS = {"text": "text", "video": "videos", "audio": "audio"}
 
 
 @dataclass
@@ -394,8 +400,12 @@ class MMEmotionPreTrainedModel(PreTrainedModel):
         }
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also ships the `emotion-cause-extraction` pipeline (`pipeline_mmemotion.py`, `config.custom_pipelines`)."""
         self._set_full_auto_map()
+        self.config.custom_pipelines = pipeline_config_entry()
         super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            custom_object_save(EmotionCauseExtractionPipeline, save_directory)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -535,15 +545,28 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
         features.update(self.encode_modalities(**raw_inputs))
         item_masks = {"text": text_mask, "video": video_mask, "audio": audio_mask}
 
+        given = [value for value in features.values() if value is not None]
+        if not given:
+            raise ValueError(
+                f"The model got no input for any of its branches {self.modalities}: pass the processor's outputs "
+                "(`input_ids`, `pixel_values_videos`, `audio_values`) or the cached `*_features`."
+            )
+        batch_size, device = given[0].shape[0], given[0].device
+
         pooled, present = [], []
         for modality in self.modalities:
             modality_features = features[f"{modality}_features"]
             if modality_features is None:
-                raise ValueError(
-                    f"The model has a {modality} branch but got no {modality} input: pass the processor's {modality} "
-                    f"outputs, `{modality}_features`, or mark the items as absent with `{modality}_mask`."
+                # A branch without inputs is absent for every item: it contributes its learned missing vector.
+                logger.warning_once(
+                    f"The model has a {modality} branch but got no {modality} input: {modality} is treated as absent "
+                    f"for every item. To use it, pass `{PROCESSOR_ARGUMENTS[modality]}=` to the processor "
+                    f"or `{modality}_features`."
                 )
-            batch_size, length = modality_features.shape[:2]
+                pooled.append(self.missing_modality_embeds.new_zeros(batch_size, self.config.projection_size))
+                present.append(torch.zeros(batch_size, dtype=torch.bool, device=device))
+                continue
+            length = modality_features.shape[1]
             token_mask = torch.ones(batch_size, length, dtype=torch.long, device=modality_features.device)
             if modality == "text" and attention_mask is not None:
                 token_mask = attention_mask if text_target_mask is None else attention_mask * text_target_mask

@@ -32,7 +32,9 @@ logs a warning (table kept in sync with `docs/bad-input.md`):
 | clip longer than 30 s | still `num_frames` frames and `num_clips` audio clips |
 | empty or whitespace-only transcript, or `None` | `text_mask` 0, warning naming the item index |
 | `None` as a video / audio item | that modality masked for the item, no warning |
+| no `videos` / `audio` at all (text only) | no keys for them; the model treats the branch as absent, one warning |
 | `text` / `videos` / `audio` lists of different lengths | `ValueError` |
+| `conversations=`: not a list of non-empty lists of utterance dicts with a `"text"`, unknown keys, a speaker on some utterances only | `ValueError` naming the conversation and utterance |
 | frames not shaped (T, H, W, 3), waveform not 1-D | `ValueError` |
 | `decoder="decord"` / `"pyav"` not installed | `ImportError` |
 """
@@ -617,6 +619,36 @@ def make_audio_batch(audio) -> list:
     return list(audio)
 
 
+def pad_conversations(conversations, num_utterances: int | None = None, pad_value: float = 0) -> torch.Tensor:
+    """Per-utterance values of each conversation -> one (num_conversations, num_utterances, *largest shape) tensor.
+
+    Each conversation is a list of per-utterance items (arrays, tensors, lists or numbers, possibly of different
+    shapes) or an array with a leading utterance dimension. Every dimension is padded with `pad_value`: missing
+    utterances (up to `num_utterances`, by default the longest conversation) and the inner ones (tokens, frames, clips)
+    up to the largest in the batch.
+    """
+    conversations = [
+        [torch.as_tensor(item) for item in conversation]
+        if isinstance(conversation, (list, tuple))
+        else list(torch.as_tensor(conversation).unbind(0))
+        for conversation in conversations
+    ]
+    num_utterances = max(len(conversation) for conversation in conversations) if num_utterances is None else num_utterances
+    items = [item for conversation in conversations for item in conversation]
+    shape = [max(item.shape[dim] for item in items) for dim in range(items[0].ndim)]
+    padded = items[0].new_full((len(conversations), num_utterances, *shape), pad_value)
+    for conversation_index, conversation in enumerate(conversations):
+        for utterance_index, item in enumerate(conversation):
+            padded[(conversation_index, utterance_index, *(slice(0, size) for size in item.shape))] = item
+    return padded
+
+
+def speaker_ids(speakers: list[str]) -> list[int]:
+    """Per-conversation speaker numbers (the model's `speaker_ids`), in order of first appearance."""
+    index: dict[str, int] = {}
+    return [index.setdefault(speaker, len(index)) for speaker in speakers]
+
+
 def _load_mmemotion_config(pretrained_model_name_or_path, **kwargs):
     """The folder's `MMEmotionConfig`, or `None` for a processor-only folder (no `config.json`)."""
     hub_kwargs = {key: kwargs[key] for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if key in kwargs}
@@ -712,6 +744,7 @@ class MMEmotionProcessor(ProcessorMixin):
         text: str | list[str | None] | None = None,
         videos=None,
         audio=None,
+        conversations: list[list[dict]] | None = None,
         sampling_rate: int | None = None,
         use_audio_from_video: bool | None = None,
         return_tensors: str | TensorType | None = TensorType.PYTORCH,
@@ -727,6 +760,10 @@ class MMEmotionProcessor(ProcessorMixin):
                 mp4 paths or decoded uint8 (T, H, W, 3) frames, one per item.
             audio (`str`, `os.PathLike`, `np.ndarray`, or a list of those / `None`, *optional*):
                 Audio / video files or 1-D float waveforms, one per item.
+            conversations (`list[list[dict]]`, *optional*):
+                In place of `text` / `videos` / `audio`: conversations for `MMEmotionForEmotionCauseExtraction`, each a
+                list of utterance dicts `{"text", "speaker", "video"?, "audio"?}` (`video` and `audio` as above, `None`
+                or left out when the utterance has none). See `conversations_to_inputs`.
             sampling_rate (`int`, *optional*):
                 Sampling rate of waveform arrays in `audio`.
             use_audio_from_video (`bool`, *optional*):
@@ -742,8 +779,15 @@ class MMEmotionProcessor(ProcessorMixin):
             `video_frame_mask`, `video_mask` (videos); `audio_values`, `audio_clip_mask`, `audio_mask` (audio). Masks
             are int64.
         """
+        if conversations is not None:
+            if text is not None or videos is not None or audio is not None:
+                raise ValueError("Pass either `conversations` or `text` / `videos` / `audio`, not both.")
+            return self.conversations_to_inputs(
+                conversations, sampling_rate=sampling_rate, use_audio_from_video=use_audio_from_video,
+                return_tensors=return_tensors, **kwargs,
+            )
         if text is None and videos is None and audio is None:
-            raise ValueError("Pass at least one of `text`, `videos` or `audio`.")
+            raise ValueError("Pass at least one of `text`, `videos`, `audio` or `conversations`.")
         text = [text] if isinstance(text, str) else text
         videos = make_video_batch(videos) if videos is not None else None
         audio = make_audio_batch(audio) if audio is not None else None
@@ -755,19 +799,118 @@ class MMEmotionProcessor(ProcessorMixin):
         if len(set(lengths.values())) > 1:
             raise ValueError(f"`text`, `videos` and `audio` must have one entry per item, got lengths {lengths}.")
 
+        data = {}
+        if text is not None:
+            data.update(self._tokenize(text, return_tensors=return_tensors, **kwargs))
+        data.update(self._media(videos, audio, sampling_rate, use_audio_from_video))
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def _media(self, videos: list | None, audio: list | None, sampling_rate: int | None, use_audio_from_video: bool | None) -> dict:
+        """The video and audio inputs of a flat batch of items (numpy)."""
         if use_audio_from_video is None:
             use_audio_from_video = self.use_audio_from_video
         if audio is None and videos is not None and use_audio_from_video and any(_is_path(video) for video in videos):
             audio = [video if _is_path(video) else None for video in videos]
-
         data = {}
-        if text is not None:
-            data.update(self._tokenize(text, return_tensors=return_tensors, **kwargs))
         if videos is not None:
             data.update(self.video_feature_extractor(videos))
         if audio is not None:
             data.update(self.audio_feature_extractor(audio, sampling_rate=sampling_rate))
-        return BatchFeature(data, tensor_type=return_tensors)
+        return data
+
+    def conversations_to_inputs(
+        self,
+        conversations: list[list[dict]],
+        sampling_rate: int | None = None,
+        use_audio_from_video: bool | None = None,
+        return_tensors: str | TensorType | None = TensorType.PYTORCH,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Prepares conversations for `MMEmotionForEmotionCauseExtraction`.
+
+        Args:
+            conversations (`list[list[dict]]`):
+                Each a list of utterances `{"text": str, "speaker": str, "video": path or frames, "audio": path or
+                waveform}`; `video` and `audio` are optional (`None` or left out: that utterance has none; without
+                any `audio`, the audio of the video files is read as in `__call__`). `speaker` may be left out of every
+                utterance of a conversation (one speaker), not of some.
+            sampling_rate, use_audio_from_video, return_tensors, **kwargs:
+                As in `__call__`.
+
+        Returns:
+            [`BatchFeature`] with `utterance_mask` and `speaker_ids` (num_conversations, max_utterances) and the
+            utterance-level keys of `__call__`, each with a leading (num_conversations, max_utterances) shape (padding
+            utterances are zeros and `input_ids` padding is the tokenizer's pad id).
+        """
+        if isinstance(conversations, (list, tuple)) and conversations and isinstance(conversations[0], dict):
+            raise ValueError("`conversations` must be a list of conversations (lists of utterance dicts); got one conversation.")
+        for conversation_index, conversation in enumerate(conversations):
+            if not isinstance(conversation, (list, tuple)) or not conversation:
+                raise ValueError(f"Conversation {conversation_index} must be a non-empty list of utterance dicts.")
+            for utterance_index, utterance in enumerate(conversation):
+                if not isinstance(utterance, dict) or "text" not in utterance:
+                    raise ValueError(
+                        f"Utterance {utterance_index} of conversation {conversation_index} must be a dict with a "
+                        f'"text" (and "speaker", "video", "audio"), got {utterance!r}.'
+                    )
+                unknown = set(utterance) - {"text", "speaker", "video", "audio"}
+                if unknown:
+                    raise ValueError(
+                        f"Utterance {utterance_index} of conversation {conversation_index} has unknown keys "
+                        f'{sorted(unknown)}; an utterance has "text", "speaker", "video" and "audio".'
+                    )
+        lengths = [len(conversation) for conversation in conversations]
+        conversation_speakers = self._speakers(conversations)
+        data = {
+            "utterance_mask": pad_conversations([[1] * length for length in lengths]),
+            "speaker_ids": pad_conversations(
+                [speaker_ids(speakers) if speakers is not None else [0] * len(conversation)
+                 for conversation, speakers in zip(conversations, conversation_speakers)]
+            ),
+        }
+        encodings = [
+            self._tokenize_conversation([utterance["text"] for utterance in conversation], speakers, return_tensors="pt", **kwargs)
+            for conversation, speakers in zip(conversations, conversation_speakers)
+        ]
+        for key in encodings[0]:
+            pad_value = self.tokenizer.pad_token_id if key == "input_ids" else 0
+            data[key] = pad_conversations([encoding[key] for encoding in encodings], pad_value=pad_value)
+
+        utterances = [utterance for conversation in conversations for utterance in conversation]
+        videos, audio = ([utterance.get(key) for utterance in utterances] for key in ("video", "audio"))
+        media = self._media(
+            videos if any(video is not None for video in videos) else None,
+            audio if any(item is not None for item in audio) else None,
+            sampling_rate,
+            use_audio_from_video,
+        )
+        offsets = np.cumsum([0, *lengths])
+        for key, values in media.items():
+            data[key] = pad_conversations([values[start:end] for start, end in zip(offsets[:-1], offsets[1:])])
+        return BatchFeature({key: value.numpy() for key, value in data.items()}, tensor_type=return_tensors)
+
+    @staticmethod
+    def _speakers(conversations: list[list[dict]]) -> list[list[str] | None]:
+        """Each conversation's speakers, `None` when no utterance names one."""
+        result = []
+        for conversation_index, conversation in enumerate(conversations):
+            speakers = [utterance.get("speaker") for utterance in conversation]
+            if all(speaker is None for speaker in speakers):
+                result.append(None)
+                continue
+            missing = [index for index, speaker in enumerate(speakers) if speaker is None]
+            if missing:
+                raise ValueError(
+                    f"Utterances {missing} of conversation {conversation_index} have no speaker while others do: give "
+                    "every utterance a speaker, or none (one speaker)."
+                )
+            result.append(speakers)
+        return result
+
+    def _tokenize_conversation(self, texts: list[str | None], speakers: list[str | None] | None, **kwargs) -> dict:
+        """Tokenizes one conversation's transcripts (`_tokenize`'s output, one row per utterance)."""
+        return self._tokenize(texts, **kwargs)
 
     def encode_conversation(
         self,
@@ -909,4 +1052,10 @@ class MMEmotionProcessor(ProcessorMixin):
 
 MMEmotionProcessor.register_for_auto_class()
 
-__all__ = ["MMEmotionAudioFeatureExtractor", "MMEmotionProcessor", "MMEmotionVideoFeatureExtractor"]
+__all__ = [
+    "MMEmotionAudioFeatureExtractor",
+    "MMEmotionProcessor",
+    "MMEmotionVideoFeatureExtractor",
+    "pad_conversations",
+    "speaker_ids",
+]

@@ -1427,6 +1427,18 @@ def render_model_card(config: MMEmotionConfig, training_args: TrainingArguments,
     ]
     if "video" in config.modalities or "audio" in config.modalities:
         lines.append("Pass each utterance's clip as `videos=[path, ...]` (audio is read from it; `None` for no clip).")
+    lines += [
+        "",
+        "Or with the checkpoint's own pipeline, one conversation at a time (`video` optional; a list of "
+        "conversations works too): each utterance gets its `emotion`, `score` and `scores`"
+        + (" and the 1-based `causes` of its emotion with their `cause_scores`." if info.task == "joint" else "."),
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'extractor = pipeline("emotion-cause-extraction", model="{repo}", trust_remote_code=True)',
+        'print(extractor([{"text": "I got the job!", "speaker": "Ross"}, {"text": "Oh my God!", "speaker": "Rachel"}]))',
+        "```",
+    ]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n" + "\n".join(lines) + "\n")
 
 

@@ -498,3 +498,50 @@ def test_learns_structural_causes_beyond_the_self_cause_rule(context_encoder, on
         f"pair weighted F1 {joint['weighted_f1']:.3f} vs self-cause rule with gold emotions {rule['weighted_f1']:.3f}"
     )
     assert joint["weighted_f1"] > rule["weighted_f1"] + 0.2
+
+
+def test_processor_conversations_are_the_collated_batch_of_the_tri_modal_model(tmp_path):
+    """`processor(conversations=...)`: the joint model's inputs, the same batch as `ConversationCollator` builds from
+    the processor's utterance rows, with real clips and one utterance without any."""
+    from test_remote_code import write_clips
+
+    clips = write_clips(tmp_path)
+    processor = MMEmotionProcessor.from_pretrained(TINY)
+    conversations = [
+        [
+            {"text": "Oh my God , you got the job !", "speaker": "Monica", "video": clips[0]},
+            {"text": "I did !", "speaker": "Rachel", "video": clips[1]},
+            {"text": "That is great .", "speaker": "Monica"},
+        ],
+        [{"text": "Fine .", "speaker": "Joey", "video": clips[0]}],
+    ]
+    batch = processor(conversations=conversations)
+    assert batch["utterance_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["speaker_ids"].tolist() == [[0, 1, 0], [0, 0, 0]]
+    assert batch["video_mask"].tolist() == [[1, 1, 0], [1, 0, 0]] and batch["audio_mask"].tolist() == [[1, 0, 0], [1, 0, 0]]
+    assert batch["pixel_values_videos"].shape[:2] == (2, 3) and batch["input_ids"].shape[:2] == (2, 3)
+
+    rows = []
+    for conversation in conversations:
+        flat = processor(text=[u["text"] for u in conversation], videos=[u.get("video") for u in conversation], return_tensors="np")
+        rows.append({"utterance_ids": list(range(len(conversation))), "utterances": dict(flat),
+                     "speaker_ids": ecf.speaker_ids([u["speaker"] for u in conversation])})
+    collated = ConversationCollator(pad_token_id=processor.tokenizer.pad_token_id)(rows)
+    assert sorted(collated) == sorted(batch)
+    torch.manual_seed(0)
+    model = MMEmotionForEmotionCauseExtraction(MMEmotionConfig.from_pretrained(TINY)).eval()
+    with torch.no_grad():
+        expected = model(**collated)
+        outputs = model(**batch)
+    torch.testing.assert_close(outputs.emotion_logits, expected.emotion_logits)
+    torch.testing.assert_close(outputs.cause_logits, expected.cause_logits)
+
+
+def test_processor_conversations_bad_input_names_the_utterance():
+    processor = MMEmotionProcessor.from_pretrained(TINY)
+    with pytest.raises(ValueError, match="Utterance 1 of conversation 0 must be a dict"):
+        processor(conversations=[[{"text": "hi"}, "no"]])
+    with pytest.raises(ValueError, match=r"Utterances \[1\] of conversation 0 have no speaker"):
+        processor(conversations=[[{"text": "hi", "speaker": "A"}, {"text": "yo"}]])
+    with pytest.raises(ValueError, match="got one conversation"):
+        processor(conversations=[{"text": "hi"}])

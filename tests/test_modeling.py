@@ -1,6 +1,7 @@
 """MMEmotion model behaviour: masking, padding invariance, missing modalities, freezing, presets, save/reload."""
 
 import json
+import logging
 import os
 
 import pytest
@@ -114,11 +115,34 @@ def test_item_with_every_modality_absent_is_finite(tiny_model):
     assert torch.isfinite(logits).all()
 
 
-def test_missing_branch_input_is_a_clear_error(tiny_model):
-    inputs = random_inputs(tiny_model.config)
-    del inputs["pixel_values_videos"]
-    with pytest.raises(ValueError, match="video branch but got no video input"):
-        tiny_model(**inputs)
+def test_branch_without_inputs_is_absent_for_every_item(caplog):
+    # The published tiny checkpoint (text + video + audio) called with text only: the same logits as video and audio
+    # marked absent item by item, and one warning naming the branch.
+    from processing_mmemotion import MMEmotionProcessor
+
+    processor = MMEmotionProcessor.from_pretrained(os.path.join(PRESETS, "tiny"))
+    torch.manual_seed(0)
+    model = MMEmotionForEmotionClassification(tiny_config()).eval()
+    text = ["Oh my God , you got the job !", "I do not want to talk about it .", "Fine ."]
+    absent = processor(text=text, videos=[None] * len(text), audio=[None] * len(text))
+    text_only = processor(text=text)
+    logging.Logger.warning_once.cache_clear()  # the warning is shown once per process
+    assert "pixel_values_videos" not in text_only and "audio_values" not in text_only
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        expected = model(**absent).logits
+        logits = model(**text_only).logits
+        model(**text_only)
+    torch.testing.assert_close(logits, expected)
+    warnings = [record.getMessage() for record in caplog.records if "branch but got no" in record.getMessage()]
+    assert len(warnings) == 2 and "video branch" in warnings[0] and "audio branch" in warnings[1], warnings
+    # A video mask without video is absent too (it used to raise).
+    with torch.no_grad():
+        torch.testing.assert_close(model(**text_only, video_mask=torch.zeros(3, dtype=torch.long)).logits, expected)
+
+
+def test_no_input_at_all_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="got no input for any of its branches"):
+        tiny_model(text_mask=torch.ones(2, dtype=torch.long))
 
 
 @pytest.mark.parametrize(("modality", "match"), [("video", "9 frames per item; the branch has positions for 8"), ("audio", "9 audio clips per item; the branch has positions for 8")])

@@ -1,0 +1,1 @@
+../../pipeline_mmemotion.py
