@@ -908,10 +908,6 @@ class MMEmotionProcessor(ProcessorMixin):
             result.append(speakers)
         return result
 
-    def _tokenize_conversation(self, texts: list[str | None], speakers: list[str | None] | None, **kwargs) -> dict:
-        """Tokenizes one conversation's transcripts (`_tokenize`'s output, one row per utterance)."""
-        return self._tokenize(texts, **kwargs)
-
     def encode_conversation(
         self,
         text: list[str | None],
