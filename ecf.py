@@ -296,12 +296,31 @@ def read_conversation_ids(path: PathLike, split: str | None = None) -> list[int]
     return ids
 
 
+def missing_clips(conversations: list[dict[str, Any]], video_dir: PathLike) -> tuple[list[str], list[str]]:
+    """The clip names the conversations need and those of them not in `video_dir`. A `video_dir` that is not a folder,
+    or holds none of the clips, is an error: a mistyped path must not run everything without video."""
+    if not os.path.isdir(video_dir):
+        raise ValueError(f"--video_dir {video_dir} is not a folder.")
+    names = list(
+        dict.fromkeys(
+            clip_name(conversation, utterance) for conversation in conversations for utterance in conversation["conversation"]
+        )
+    )
+    missing = [name for name in names if not os.path.isfile(os.path.join(video_dir, name))]
+    if missing and len(missing) == len(names):
+        raise ValueError(
+            f"--video_dir {video_dir} holds none of the {len(names)} clips of the data (e.g. {', '.join(names[:3])}): "
+            "pass the folder of the clips, or leave --video_dir out to run without video and audio."
+        )
+    return names, missing
+
+
 def clip_name(conversation: dict[str, Any], utterance: dict[str, Any]) -> str:
     """The file name of an utterance's clip: its `video_name`, default `dia{c}utt{u}.mp4`."""
     return utterance.get("video_name") or f"dia{conversation['conversation_ID']}utt{utterance['utterance_ID']}.mp4"
 
 
-def _video_paths(conversations: list[dict[str, Any]], video_dir: PathLike | None) -> list[list[str | None]]:
+def video_paths(conversations: list[dict[str, Any]], video_dir: PathLike | None) -> list[list[str | None]]:
     """Resolves each utterance's clip as `video_dir/video_name` (default `dia{c}utt{u}.mp4`), per conversation.
 
     A clip that is not on disk gets None (the model then runs without video for that utterance) and the count
@@ -348,8 +367,8 @@ def conversations_to_utterance_dataset(
     unlabelled utterances, in which case the column is a plain integer).
     """
     columns = {name: [] for name in ("conversation_id", "utterance_id", "speaker", "text", "video_path", "label")}
-    for conversation, video_paths in zip(conversations, _video_paths(conversations, video_dir)):
-        for utterance, video_path, label in zip(conversation["conversation"], video_paths, _label_ids(conversation)):
+    for conversation, paths in zip(conversations, video_paths(conversations, video_dir)):
+        for utterance, video_path, label in zip(conversation["conversation"], paths, _label_ids(conversation)):
             columns["conversation_id"].append(conversation["conversation_ID"])
             columns["utterance_id"].append(utterance["utterance_ID"])
             columns["speaker"].append(utterance["speaker"])
@@ -399,7 +418,7 @@ def conversations_to_conversation_dataset(
             "cause_pairs",
         )
     }
-    for conversation, video_paths in zip(conversations, _video_paths(conversations, video_dir)):
+    for conversation, paths in zip(conversations, video_paths(conversations, video_dir)):
         utterances = conversation["conversation"]
         speakers = [utterance["speaker"] for utterance in utterances]
         columns["conversation_id"].append(conversation["conversation_ID"])
@@ -407,7 +426,7 @@ def conversations_to_conversation_dataset(
         columns["speakers"].append(speakers)
         columns["speaker_ids"].append(speaker_ids(speakers))
         columns["texts"].append([utterance["text"] for utterance in utterances])
-        columns["video_paths"].append(video_paths)
+        columns["video_paths"].append(paths)
         columns["labels"].append(_label_ids(conversation))
         columns["cause_pairs"].append(_cause_pair_indexes(conversation))
     features = datasets.Features(

@@ -94,7 +94,7 @@ def utterance_inputs(conversations: list[dict], video_dir: str | None) -> list[l
             {"text": utterance["text"], "speaker": utterance["speaker"], "video": path}
             for utterance, path in zip(conversation["conversation"], paths)
         ]
-        for conversation, paths in zip(conversations, ecf._video_paths(conversations, video_dir))
+        for conversation, paths in zip(conversations, ecf.video_paths(conversations, video_dir))
     ]
 
 
@@ -141,7 +141,15 @@ def score(conversations: list[dict], predicted: list[dict], model) -> dict[str, 
 def main(argv: list[str] | None = None) -> dict[str, float] | None:
     (args,) = HfArgumentParser(PredictArguments).parse_args_into_dataclasses(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
-    conversations = ecf.load_conversations(args.input_file, require_labels=False)
+    # Empty transcripts are masked, as train.py --do_predict masks them.
+    conversations = ecf.load_conversations(args.input_file, require_labels=False, allow_empty_text=True)
+    if args.video_dir is not None:
+        names, missing = ecf.missing_clips(conversations, args.video_dir)
+        if missing:
+            logger.warning(
+                f"{len(missing)} of the {len(names)} clips are not in {args.video_dir}, their utterances run without "
+                f"video and audio: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}"
+            )
     predictions, model = predict(args, conversations)
     mask = predictions.utterance_mask.bool()
     pairs = model.decode_pairs(predictions.emotion_logits, predictions.cause_logits, mask) if hasattr(model, "decode_pairs") else None

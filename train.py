@@ -634,24 +634,11 @@ def check_video_dir(conversations: dict[str, list[dict]], video_dir: str | None,
     named in a warning (the first few) and in `missing_clips.txt` of the output folder (all of them)."""
     if video_dir is None:
         return
-    if not os.path.isdir(video_dir):
-        raise ValueError(f"--video_dir {video_dir} is not a folder.")
-    names = list(
-        dict.fromkeys(
-            ecf.clip_name(conversation, utterance)
-            for split_conversations in conversations.values()
-            for conversation in split_conversations
-            for utterance in conversation["conversation"]
-        )
+    names, missing = ecf.missing_clips(
+        [conversation for split_conversations in conversations.values() for conversation in split_conversations], video_dir
     )
-    missing = [name for name in names if not os.path.isfile(os.path.join(video_dir, name))]
     if not missing:
         return
-    if len(missing) == len(names):
-        raise ValueError(
-            f"--video_dir {video_dir} holds none of the {len(names)} clips of the data (e.g. {', '.join(names[:3])}): "
-            "pass the folder of the clips, or leave --video_dir out to run without video and audio."
-        )
     path = os.path.join(training_args.output_dir, MISSING_CLIPS_FILE)
     if training_args.should_save:
         os.makedirs(training_args.output_dir, exist_ok=True)

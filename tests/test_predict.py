@@ -67,3 +67,17 @@ def test_bad_record_is_an_error_naming_it(tmp_path, joint_run):
     bad.write_text(json.dumps([{"conversation_ID": 7, "conversation": [{"utterance_ID": 1, "speaker": "Ross"}]}]))
     with pytest.raises(ecf.ECFFormatError, match="7"):
         run_predict(tmp_path, "bad", "--model_name_or_path", str(joint_run["output_dir"]), "--input_file", str(bad))
+
+
+def test_a_wrong_video_dir_is_an_error_before_any_model_is_loaded(tmp_path, data, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(predict, "load_models", no_model)
+    arguments = ("--model_name_or_path", "unused", "--input_file", data["unlabelled"])
+    with pytest.raises(ValueError, match="is not a folder"):
+        run_predict(tmp_path, "typo", *arguments, "--video_dir", str(tmp_path / "clipz"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds none of the"):
+        run_predict(tmp_path, "empty", *arguments, "--video_dir", str(tmp_path / "empty"))
+    assert not (tmp_path / "typo.json").exists() and not (tmp_path / "empty.json").exists()
