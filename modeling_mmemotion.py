@@ -449,7 +449,7 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
         text_encoder = self.text_encoder
         return text_encoder.embed_tokens if text_encoder.text_embedding == "input_embeddings" else text_encoder.model.get_input_embeddings()
 
-    def _is_frozen(self, modality: str) -> bool:
+    def is_encoder_frozen(self, modality: str) -> bool:
         # Checked live, so LoRA adapters added later (peft) on a frozen encoder still train.
         return not any(parameter.requires_grad for parameter in self.encoder(modality).parameters())
 
@@ -457,7 +457,7 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
         """Encoders with no trainable parameter stay in eval mode (no dropout) while the fusion and heads train."""
         super().train(mode)
         for modality in self.modalities:
-            if self._is_frozen(modality):
+            if self.is_encoder_frozen(modality):
                 self.encoder(modality).eval()
         return self
 
@@ -465,10 +465,47 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
         # A frozen encoder may run in half precision beside a float32 head: pixel values and filterbanks follow it.
         dtype = next(self.encoder(modality).parameters()).dtype
         inputs = [item.to(dtype) if item is not None and item.is_floating_point() else item for item in inputs]
-        if self._is_frozen(modality):
+        if self.is_encoder_frozen(modality):
             with torch.no_grad():
                 return self.encoder(modality)(*inputs)
         return self.encoder(modality)(*inputs)
+
+    def get_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None) -> torch.Tensor:
+        """The text encoder's token states (batch_size, sequence_length, text width): what a feature cache stores."""
+        return self._run_encoder("text", input_ids, attention_mask)
+
+    def _get_item_features(
+        self, modality: str, values: torch.Tensor, inner_mask: torch.Tensor | None, item_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        # Items without the modality (`item_mask` 0) are not encoded; their features are zeros.
+        present = torch.ones(values.shape[0], dtype=torch.bool, device=values.device) if item_mask is None else item_mask.bool()
+        num_queries = (
+            self.config.video_config.num_video_query_tokens if modality == "video" else self.config.audio_config.num_audio_query_tokens
+        )
+        encoded = values.new_zeros(values.shape[0], num_queries, self.config.modality_hidden_size(modality))
+        if present.any():
+            encoded[present] = self._run_encoder(
+                modality, values[present], None if inner_mask is None else inner_mask[present]
+            ).to(encoded.dtype)
+        return encoded
+
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.FloatTensor,
+        video_frame_mask: torch.LongTensor | None = None,
+        video_mask: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """The video branch's query outputs (batch_size, num_video_query_tokens, projection width)."""
+        return self._get_item_features("video", pixel_values_videos, video_frame_mask, video_mask)
+
+    def get_audio_features(
+        self,
+        audio_values: torch.FloatTensor,
+        audio_clip_mask: torch.LongTensor | None = None,
+        audio_mask: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """The audio branch's query outputs (batch_size, num_audio_query_tokens, projection width)."""
+        return self._get_item_features("audio", audio_values, audio_clip_mask, audio_mask)
 
     def encode_modalities(
         self,
@@ -482,28 +519,14 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
         audio_mask: torch.LongTensor | None = None,
         **kwargs,
     ) -> dict[str, torch.Tensor]:
-        """Run the encoders on the processor's output: `{"text_features", "video_features", "audio_features"}`.
-
-        Items whose modality is absent (`video_mask` / `audio_mask` 0) are not encoded; their features are zeros. These
-        features are what a frozen-encoder feature cache stores and what `forward` accepts in place of raw inputs.
-        """
+        """`get_{modality}_features` for every branch that has inputs: `{"text_features", "video_features", "audio_features"}`."""
         features = {}
         if "text" in self.modalities and input_ids is not None:
-            features["text_features"] = self._run_encoder("text", input_ids, attention_mask)
-        for modality, values, inner_mask, item_mask in (
-            ("video", pixel_values_videos, video_frame_mask, video_mask),
-            ("audio", audio_values, audio_clip_mask, audio_mask),
-        ):
-            if modality not in self.modalities or values is None:
-                continue
-            present = torch.ones(values.shape[0], dtype=torch.bool, device=values.device) if item_mask is None else item_mask.bool()
-            output_shape = (self.config.video_config.num_video_query_tokens if modality == "video" else self.config.audio_config.num_audio_query_tokens,)
-            encoded = values.new_zeros(values.shape[0], *output_shape, self.config.modality_hidden_size(modality))
-            if present.any():
-                encoded[present] = self._run_encoder(
-                    modality, values[present], None if inner_mask is None else inner_mask[present]
-                ).to(encoded.dtype)
-            features[f"{modality}_features"] = encoded
+            features["text_features"] = self.get_text_features(input_ids, attention_mask)
+        if "video" in self.modalities and pixel_values_videos is not None:
+            features["video_features"] = self.get_video_features(pixel_values_videos, video_frame_mask, video_mask)
+        if "audio" in self.modalities and audio_values is not None:
+            features["audio_features"] = self.get_audio_features(audio_values, audio_clip_mask, audio_mask)
         return features
 
     def forward(

@@ -1574,7 +1574,7 @@ def main(args: list[str] | None = None) -> None:
     modalities = list(config.modalities)
     if {"video", "audio"} & set(modalities) and data_args.video_dir is None:
         logger.warning("The model has video / audio branches but no --video_dir: every utterance runs without them.")
-    cached_modalities = [] if data_args.no_feature_cache else [m for m in modalities if model.base_model._is_frozen(m)]
+    cached_modalities = [] if data_args.no_feature_cache else [m for m in modalities if model.base_model.is_encoder_frozen(m)]
     live_modalities = [modality for modality in modalities if modality not in cached_modalities]
     logger.info(f"Encoder features cached: {cached_modalities or 'none'}; encoders run live: {live_modalities or 'none'}")
     feature_cache = FeatureCache(

@@ -264,7 +264,7 @@ def test_joint_model_starts_from_a_lora_emotion_run(data, tmp_path):
     joint = train.load_model(MMEmotionForEmotionCauseExtraction, train.build_config(model_args, None), model_args)
     trainable = {name.split(".")[0] for name, parameter in joint.named_parameters() if parameter.requires_grad}
     assert trainable == {"mmemotion", "context_encoder", "emotion_classifier", "pair_scorer"}
-    assert joint.mmemotion._is_frozen("text")
+    assert joint.mmemotion.is_encoder_frozen("text")
 
     run_train(
         tmp_path / "joint", tmp_path / "cache", "--task", "joint", "--model_name_or_path", str(emotion_dir),
