@@ -35,13 +35,14 @@ from typing import Any
 
 import datasets
 
+from configuration_mmemotion import ECF_EMOTIONS
 from processing_mmemotion import speaker_ids
 
 
 logger = logging.getLogger(__name__)
 
-EMOTIONS = ("neutral", "anger", "disgust", "fear", "joy", "sadness", "surprise")
-"""The 7 labels; their position is the label id."""
+EMOTIONS = ECF_EMOTIONS
+"""The 7 labels; their position is the label id (the model config's default labels)."""
 
 EMOTION_TO_ID = {emotion: label_id for label_id, emotion in enumerate(EMOTIONS)}
 CAUSAL_EMOTIONS = EMOTIONS[1:]
@@ -53,6 +54,11 @@ IGNORE_INDEX = -100
 _PAIR_EMOTION_PATTERN = re.compile(r"^(\d+)_([A-Za-z]+)$")
 
 PathLike = str | os.PathLike
+
+
+def pair_emotion(utterance_id: int, emotion: str) -> str:
+    """The first half of a pair, `"5_surprise"`: utterance 5 (1-based) feels surprise."""
+    return f"{utterance_id}_{emotion}"
 
 
 class ECFFormatError(ValueError):
@@ -169,7 +175,7 @@ class _RecordValidator:
         normalized = []
         for pair in pairs:
             emotion_utterance_id, emotion, cause_utterance_id = self.pair(conversation_id, pair, utterances)
-            entry = [f"{emotion_utterance_id}_{emotion}", str(cause_utterance_id)]
+            entry = [pair_emotion(emotion_utterance_id, emotion), str(cause_utterance_id)]
             if entry not in normalized:  # a repeated gold pair is still one pair
                 normalized.append(entry)
         return normalized
@@ -395,47 +401,26 @@ def _cause_pair_indexes(conversation: dict[str, Any]) -> list[list[int]]:
     return pairs
 
 
-def conversations_to_conversation_dataset(
-    conversations: list[dict[str, Any]], video_dir: PathLike | None = None
-) -> datasets.Dataset:
+def conversations_to_conversation_dataset(conversations: list[dict[str, Any]]) -> datasets.Dataset:
     """One row per conversation.
 
-    Columns: `conversation_id`; per-utterance lists `utterance_ids`, `speakers`, `texts`, `video_paths`,
-    `labels` (as in `conversations_to_utterance_dataset`) and `speaker_ids` (0-based, in order of first
-    appearance in the conversation); `cause_pairs`, the gold pairs as 0-based
-    `[emotion_utterance_index, cause_utterance_index]` (empty when unlabelled).
+    Columns: `conversation_id`; per-utterance lists `utterance_ids`, `labels` (as in
+    `conversations_to_utterance_dataset`) and `speaker_ids` (0-based, in order of first appearance in the
+    conversation); `cause_pairs`, the gold pairs as 0-based `[emotion_utterance_index, cause_utterance_index]` (empty
+    when unlabelled). The text and clips of the utterances are rows of `conversations_to_utterance_dataset`.
     """
-    columns = {
-        name: []
-        for name in (
-            "conversation_id",
-            "utterance_ids",
-            "speakers",
-            "speaker_ids",
-            "texts",
-            "video_paths",
-            "labels",
-            "cause_pairs",
-        )
-    }
-    for conversation, paths in zip(conversations, video_paths(conversations, video_dir)):
+    columns = {name: [] for name in ("conversation_id", "utterance_ids", "speaker_ids", "labels", "cause_pairs")}
+    for conversation in conversations:
         utterances = conversation["conversation"]
-        speakers = [utterance["speaker"] for utterance in utterances]
         columns["conversation_id"].append(conversation["conversation_ID"])
         columns["utterance_ids"].append([utterance["utterance_ID"] for utterance in utterances])
-        columns["speakers"].append(speakers)
-        columns["speaker_ids"].append(speaker_ids(speakers))
-        columns["texts"].append([utterance["text"] for utterance in utterances])
-        columns["video_paths"].append(paths)
+        columns["speaker_ids"].append(speaker_ids([utterance["speaker"] for utterance in utterances]))
         columns["labels"].append(_label_ids(conversation))
         columns["cause_pairs"].append(_cause_pair_indexes(conversation))
     features = datasets.Features(
         conversation_id=datasets.Value("int64"),
         utterance_ids=datasets.List(datasets.Value("int64")),
-        speakers=datasets.List(datasets.Value("string")),
         speaker_ids=datasets.List(datasets.Value("int64")),
-        texts=datasets.List(datasets.Value("string")),
-        video_paths=datasets.List(datasets.Value("string")),
         labels=datasets.List(_label_feature(conversations)),
         cause_pairs=datasets.List(datasets.List(datasets.Value("int64"), length=2)),
     )
@@ -472,7 +457,7 @@ def _submission_pairs(
         if emotion == "neutral":
             dropped += 1
             continue
-        pairs.append([f"{emotion_index + 1}_{emotion}", str(cause_index + 1)])
+        pairs.append([pair_emotion(emotion_index + 1, emotion), str(cause_index + 1)])
     return pairs, dropped
 
 
@@ -549,6 +534,7 @@ def plot_confusion_matrix(
     # headless and inside a process that uses another backend.
     import numpy as np
     from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     counts = np.asarray(matrix, dtype=np.int64)
     row_totals = counts.sum(axis=1, keepdims=True)
@@ -557,17 +543,14 @@ def plot_confusion_matrix(
     size = 1.0 + 0.75 * len(label_names)
     figure = Figure(figsize=(size + 1.5, size))
     axes = figure.add_subplot()
-    image = axes.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
-    figure.colorbar(image, ax=axes, label="fraction of gold row")
-    ticks = range(len(label_names))
-    axes.set_xticks(ticks, labels=label_names, rotation=45, ha="right")
-    axes.set_yticks(ticks, labels=label_names)
+    display = ConfusionMatrixDisplay(fractions, display_labels=list(label_names))
+    display.plot(ax=axes, cmap="Blues", colorbar=False, xticks_rotation=45, im_kw={"vmin": 0.0, "vmax": 1.0})
+    figure.colorbar(display.im_, ax=axes, label="fraction of gold row")
+    for (row, column), text in np.ndenumerate(display.text_):
+        text.set_text(str(counts[row, column]))
+        text.set_fontsize(8)
     axes.set_xlabel("predicted")
     axes.set_ylabel("gold")
-    for row in ticks:
-        for column in ticks:
-            color = "white" if fractions[row, column] > 0.5 else "black"
-            axes.text(column, row, str(counts[row, column]), ha="center", va="center", color=color, fontsize=8)
     if title:
         axes.set_title(title)
     figure.tight_layout()

@@ -162,17 +162,20 @@ def test_video_paths_and_missing_clips_are_logged(tmp_path, caplog):
 
 
 def test_conversation_dataset():
-    dataset = ecf.conversations_to_conversation_dataset(ecf.load_conversations(FIXTURE))
+    conversations = ecf.load_conversations(FIXTURE)
+    dataset = ecf.conversations_to_conversation_dataset(conversations)
     assert dataset.num_rows == 6
     first = dataset[0]
-    assert first["speakers"] == ["Chandler", "All", "Chandler", "Joey", "Chandler", "Joey", "Phoebe", "Chandler"]
+    # The text and clips of a conversation are its rows of the utterance dataset.
+    utterances = ecf.conversations_to_utterance_dataset(conversations[:1])
+    assert utterances["speaker"] == ["Chandler", "All", "Chandler", "Joey", "Chandler", "Joey", "Phoebe", "Chandler"]
     assert first["speaker_ids"] == [0, 1, 0, 2, 0, 2, 3, 0]
     assert first["labels"] == [0, 0, 6, 6, 1, 0, 0, 0]
     # ["3_surprise", "1"] -> [2, 0]: 0-based indexes.
     assert first["cause_pairs"][:2] == [[2, 0], [2, 2]]
     assert dataset[2]["cause_pairs"] == [[0, 2], [2, 2]]
     assert dataset[5]["cause_pairs"] == []
-    assert first["video_paths"] == [None] * 8
+    assert utterances["video_path"] == [None] * 8
 
 
 def test_unlabelled_conversations(tmp_path):

@@ -68,6 +68,15 @@ def test_emotion_classification_label_names(monkeypatch):
     assert results["f1_yes"] == 1.0 and "f1_positive" not in results
 
 
+def test_the_metric_modules_labels_are_the_ecf_labels():
+    """The metric modules keep their own copy of the labels (evaluate runs them alone): it must be `ecf.EMOTIONS`."""
+    from metrics.ecpe_pair_f1.ecpe_pair_f1 import CAUSAL_EMOTIONS
+    from metrics.emotion_classification.emotion_classification import DEFAULT_LABEL_NAMES
+
+    assert DEFAULT_LABEL_NAMES == ecf.EMOTIONS
+    assert CAUSAL_EMOTIONS == ecf.CAUSAL_EMOTIONS
+
+
 def test_emotion_classification_rejects_unknown_ids(emotion_metric):
     with pytest.raises(ValueError, match="label ids \\[7\\] outside 0-6"):
         emotion_metric.compute(predictions=[7], references=[0])

@@ -27,7 +27,8 @@ import datasets
 import evaluate
 
 
-# The 6 emotions that have causes (ECF labels minus neutral), in the ECF label order.
+# The 6 emotions that have causes (ECF labels minus neutral), in the ECF label order: `ecf.CAUSAL_EMOTIONS`, repeated
+# here because evaluate copies this script into its module cache, from where the repository's modules cannot be imported.
 CAUSAL_EMOTIONS = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
 
 _PAIR_EMOTION_PATTERN = re.compile(r"^(\d+)_([A-Za-z]+)$")
