@@ -30,8 +30,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
 import ecf
-from conversation_data import ECPE_PAIR_F1, ConversationPredictions, pair_records
-from train import EMOTION_METRIC
+from training.evaluation import ECPE_PAIR_F1, EMOTION_METRIC, ConversationPredictions, pair_records
 
 
 logger = logging.getLogger(__name__)

@@ -520,13 +520,13 @@ def training_epoch(
 
 def scaling_utterances(clip: str, counts: list[int], repeats: int, workers: int, batch_size: int) -> list[dict]:
     """
-    Time to build the tiny preset's video and audio feature cache with `train.FeatureCache` (the processor in 0 or
+    Time to build the tiny preset's video and audio feature cache with `training.features.FeatureCache` (the processor in 0 or
     `workers` DataLoader workers, the encoders in this process) vs the number of utterances; at the largest number also
     with one torch thread in this process (the workers keep the cores busy, which can stall torch's OpenMP threads).
     """
     import datasets
 
-    import train
+    from training.features import FeatureCache
 
     model = MMEmotionForEmotionClassification(load_config("tiny")).eval()
     processor = MMEmotionProcessor.from_pretrained(TINY)
@@ -534,7 +534,7 @@ def scaling_utterances(clip: str, counts: list[int], repeats: int, workers: int,
 
     def build_cache(dataset: datasets.Dataset, num_workers: int):
         with tempfile.TemporaryDirectory(prefix="mmemotion-cache-") as cache_dir:  # empty: every build is a miss
-            train.FeatureCache(model, processor, ["video", "audio"], cache_dir, batch_size, num_workers).add_features(dataset, "bench")
+            FeatureCache(model, processor, ["video", "audio"], cache_dir, batch_size, num_workers).add_features(dataset, "bench")
 
     default_threads = torch.get_num_threads()
     settings = [(count, num_workers, default_threads) for num_workers in sorted({0, workers}) for count in counts]
@@ -616,13 +616,13 @@ def sharded_cache_build(clip: str, num_utterances: int, process_counts: list[int
 def cache_sizes(clip: str, num_utterances: int) -> list[dict]:
     """
     Bytes per utterance of the feature cache files of the tiny preset's text, video and audio in each cache dtype
-    (built by `train.FeatureCache` from `num_utterances` copies of a clip), and the same layout at VideoLLaMA's
+    (built by `training.features.FeatureCache` from `num_utterances` copies of a clip), and the same layout at VideoLLaMA's
     widths (`exp0`: query tokens x LLaMA-13B width) for ECF's 16,720 utterances; text there at the tiny cache's
     token count per utterance.
     """
     import datasets
 
-    import train
+    from training.features import CACHE_DTYPES, FeatureCache, tokenize_utterances
 
     datasets.disable_progress_bars()
     model = MMEmotionForEmotionClassification(load_config("tiny")).eval()
@@ -635,7 +635,7 @@ def cache_sizes(clip: str, num_utterances: int) -> list[dict]:
             "conversation_id": list(range(num_utterances)),  # one utterance a conversation: no context window
         }
     )
-    dataset = train.tokenize_utterances(dataset, processor, TEXT_LENGTH)
+    dataset = tokenize_utterances(dataset, processor, TEXT_LENGTH)
     tokens_per_utterance = statistics.mean(dataset["length"])
 
     def values_per_utterance(config: MMEmotionConfig) -> dict[str, float]:
@@ -647,9 +647,9 @@ def cache_sizes(clip: str, num_utterances: int) -> list[dict]:
 
     tiny_values, exp0_values = values_per_utterance(load_config("tiny")), values_per_utterance(load_config("exp0"))
     rows = []
-    for cache_dtype, storage in train.CACHE_DTYPES.items():
+    for cache_dtype, storage in CACHE_DTYPES.items():
         with tempfile.TemporaryDirectory(prefix="mmemotion-cache-") as cache_dir:
-            train.FeatureCache(model, processor, ["text", "video", "audio"], cache_dir, 8, cache_dtype=cache_dtype).add_features(dataset, "bench")
+            FeatureCache(model, processor, ["text", "video", "audio"], cache_dir, 8, cache_dtype=cache_dtype).add_features(dataset, "bench")
             for modality in ("text", "video", "audio"):
                 folder = os.path.join(cache_dir, modality)
                 size = sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))

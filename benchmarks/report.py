@@ -99,7 +99,7 @@ def headlines(results: dict) -> list[str]:
         if len(by_workers) > 1:
             serial, parallel = by_workers[0], by_workers[max(by_workers)]
             line = (
-                f"- **Feature cache build** (`train.FeatureCache`, tiny preset, video + audio, {largest} utterances of "
+                f"- **Feature cache build** (`training.features.FeatureCache`, tiny preset, video + audio, {largest} utterances of "
                 f"3 s): {_number(serial['ms_per_utterance'])} ms/utterance with the clips read in this process vs "
                 f"{_number(parallel['ms_per_utterance'])} ms with {parallel['workers']} DataLoader workers "
                 f"(**{serial['ms_per_utterance'] / parallel['ms_per_utterance']:.1f}x**)"
@@ -232,7 +232,7 @@ def _scaling_section(results: dict) -> list[str]:
     rows = _rows(results, "scaling_utterances")
     if rows:
         title = (
-            "## Scaling: building the tiny preset's video + audio feature cache (`train.FeatureCache`) vs number of "
+            "## Scaling: building the tiny preset's video + audio feature cache (`training.features.FeatureCache`) vs number of "
             "utterances, DataLoader workers reading the clips, and torch threads of the process running the encoders"
         )
         table = [[row["utterances"], row["workers"], row["threads"], row["seconds"], row["ms_per_utterance"]] for row in rows]

@@ -1,5 +1,5 @@
 """
-Builds the tiny preset's video + audio feature cache (`train.FeatureCache`) of copies of one clip in every process it
+Builds the tiny preset's video + audio feature cache (`training.features.FeatureCache`) of copies of one clip in every process it
 runs in, with one torch thread per process, and writes the build's seconds (the slowest process, the join included).
 
     torchrun --standalone --nproc_per_node 2 benchmarks/sharded_build.py clip.mp4 64 cache_dir/ result.json
@@ -20,10 +20,10 @@ import datasets
 import torch
 from accelerate import PartialState
 
-import train
 from benchmarks.cases import TINY, load_config
 from modeling_mmemotion import MMEmotionForEmotionClassification
 from processing_mmemotion import MMEmotionProcessor
+from training.features import FeatureCache
 
 
 def main(clip: str, num_utterances: int, cache_dir: str, output: str, batch_size: int = 8) -> None:
@@ -34,7 +34,7 @@ def main(clip: str, num_utterances: int, cache_dir: str, output: str, batch_size
     model = MMEmotionForEmotionClassification(load_config("tiny")).eval()
     processor = MMEmotionProcessor.from_pretrained(TINY)
     dataset = datasets.Dataset.from_dict({"video_path": [clip] * num_utterances})
-    cache = train.FeatureCache(model, processor, ["video", "audio"], cache_dir, batch_size)
+    cache = FeatureCache(model, processor, ["video", "audio"], cache_dir, batch_size)
     state.wait_for_everyone()
     start = time.perf_counter()
     cache.add_features(dataset, "bench")

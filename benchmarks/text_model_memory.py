@@ -1,6 +1,6 @@
 """
 Peak resident memory of loading the text branch of an `input_embeddings` model (VideoLLaMA's LLaMA-2-13B token
-embeddings) from a LLaMA checkpoint folder: `train.load_input_embeddings` (the embedding matrix alone, read from the
+embeddings) from a LLaMA checkpoint folder: `training.models.load_input_embeddings` (the embedding matrix alone, read from the
 safetensors file) against `AutoModel.from_pretrained` of the whole text model (how train.py loaded it before).
 
     python benchmarks/text_model_memory.py --num_layers 2 --output benchmarks/results/text-model-memory.json
@@ -28,8 +28,8 @@ TABLE = "table = torch.nn.Embedding(32000, 5120)\n"
 LOADS = {
     "imports only": "",
     "the empty float32 table": TABLE,
-    "train.load_input_embeddings": TABLE
-    + 'table.load_state_dict({"weight": train.load_input_embeddings(folder, AutoConfig.from_pretrained(folder), False)})',
+    "training.models.load_input_embeddings": TABLE
+    + 'table.load_state_dict({"weight": load_input_embeddings(folder, AutoConfig.from_pretrained(folder), False)})',
     "AutoModel.from_pretrained, then its input embeddings (before)": TABLE
     + "table.load_state_dict(AutoModel.from_pretrained(folder).get_input_embeddings().state_dict())",
     "AutoModel.from_pretrained(dtype=float32), then its input embeddings": TABLE
@@ -41,7 +41,7 @@ import sys
 import torch
 sys.path.insert(0, {root!r})
 from transformers import AutoConfig, AutoModel
-import train
+from training.models import load_input_embeddings
 folder = {folder!r}
 {load}
 print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024)

@@ -17,6 +17,7 @@ import train
 from configuration_mmemotion import MMEmotionConfig
 from modeling_mmemotion import MMEmotionForEmotionClassification
 from processing_mmemotion import MMEmotionProcessor
+from training.features import FeatureCache, UtteranceCollator, tokenize_utterances
 from test_train import CUE_WORDS, FILLERS
 
 
@@ -137,14 +138,14 @@ def test_cached_context_features_equal_live_ones(tmp_path):
         {"conversation_ID": 1, "conversation": [{"utterance_ID": i + 1, "text": t, "speaker": s, "emotion": "joy"} for i, (t, s) in enumerate(zip(TEXTS, SPEAKERS))]},
         {"conversation_ID": 2, "conversation": [{"utterance_ID": 1, "text": "", "speaker": "Ross", "emotion": "neutral"}, {"utterance_ID": 2, "text": "great", "speaker": "Joey", "emotion": "joy"}]},
     ]
-    dataset = train.tokenize_utterances(ecf.conversations_to_utterance_dataset(conversations), processor, max_length=12)
+    dataset = tokenize_utterances(ecf.conversations_to_utterance_dataset(conversations), processor, max_length=12)
     assert "text_target_mask" in dataset.column_names
-    cached = train.FeatureCache(model, processor, ["text"], str(tmp_path / "cache"), batch_size=4).add_features(dataset, "validation")
+    cached = FeatureCache(model, processor, ["text"], str(tmp_path / "cache"), batch_size=4).add_features(dataset, "validation")
     # Only the target tokens' states are kept.
     assert [len(row["text_features"]) for row in cached] == [sum(mask) for mask in dataset["text_target_mask"]]
     rows = [cached[index] for index in range(len(cached))]
-    cached_batch = train.UtteranceCollator(processor, ["text"], ["text"])(rows)
-    live_batch = train.UtteranceCollator(processor, ["text"], [])(rows)
+    cached_batch = UtteranceCollator(processor, ["text"], ["text"])(rows)
+    live_batch = UtteranceCollator(processor, ["text"], [])(rows)
     assert "text_target_mask" in live_batch and "text_features" in cached_batch
     with torch.no_grad():
         live = model(**live_batch).logits

@@ -1,4 +1,4 @@
-"""train.FeatureCache at corpus scale: sharded across processes, crash-safe, and in half precision."""
+"""training.features.FeatureCache at corpus scale: sharded across processes, crash-safe, and in half precision."""
 
 import json
 import os
@@ -17,6 +17,8 @@ from configuration_mmemotion import MMEmotionConfig
 from demo.media import tone, write_mp4
 from modeling_mmemotion import MMEmotionForEmotionClassification
 from processing_mmemotion import MMEmotionProcessor
+from training.features import CACHE_DTYPES, FeatureCache, UtteranceCollator, tokenize_utterances
+from training.models import load_input_embeddings, load_model
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,10 +33,11 @@ BUILD_SCRIPT = textwrap.dedent(
     import json, os, signal, sys
     import torch
     from accelerate import PartialState
-    import ecf, train
+    import ecf
     from configuration_mmemotion import MMEmotionConfig
     from modeling_mmemotion import MMEmotionForEmotionClassification
     from processing_mmemotion import MMEmotionProcessor
+    from training.features import FeatureCache, tokenize_utterances
 
     data_file, clip_dir, cache_dir, output, kill_rank = sys.argv[1:]
     state = PartialState(cpu=True)
@@ -42,8 +45,8 @@ BUILD_SCRIPT = textwrap.dedent(
     model = MMEmotionForEmotionClassification(MMEmotionConfig.from_pretrained(sys.path[0] + "/presets/tiny")).eval()
     processor = MMEmotionProcessor.from_pretrained(sys.path[0] + "/presets/tiny")
     dataset = ecf.conversations_to_utterance_dataset(ecf.load_conversations(data_file), video_dir=clip_dir)
-    dataset = train.tokenize_utterances(dataset, processor, max_length=32)
-    cache = train.FeatureCache(model, processor, ["text", "video", "audio"], cache_dir, batch_size=2)
+    dataset = tokenize_utterances(dataset, processor, max_length=32)
+    cache = FeatureCache(model, processor, ["text", "video", "audio"], cache_dir, batch_size=2)
     encoded_rows = {}
     encode = cache._encode
 
@@ -170,25 +173,25 @@ def tiny_inputs(clip_data):
     model = MMEmotionForEmotionClassification(MMEmotionConfig.from_pretrained(TINY)).eval()
     processor = MMEmotionProcessor.from_pretrained(TINY)
     dataset = ecf.conversations_to_utterance_dataset(ecf.load_conversations(clip_data[0]), video_dir=clip_data[1])
-    return model, processor, train.tokenize_utterances(dataset, processor, max_length=32)
+    return model, processor, tokenize_utterances(dataset, processor, max_length=32)
 
 
 def test_the_dtypes_are_part_of_the_fingerprint(tiny_inputs, tmp_path):
     model, processor, dataset = tiny_inputs
     fingerprints = {}
-    for cache_dtype in train.CACHE_DTYPES:
-        cache = train.FeatureCache(model, processor, MODALITIES, str(tmp_path), batch_size=4, cache_dtype=cache_dtype)
+    for cache_dtype in CACHE_DTYPES:
+        cache = FeatureCache(model, processor, MODALITIES, str(tmp_path), batch_size=4, cache_dtype=cache_dtype)
         fingerprints[cache_dtype] = [cache.fingerprint(dataset, modality) for modality in MODALITIES]
     half_model = MMEmotionForEmotionClassification(model.config).eval()
     half_model.load_state_dict(model.state_dict())
     half_model.base_model.video_encoder.to(torch.bfloat16)
-    cache = train.FeatureCache(half_model, processor, MODALITIES, str(tmp_path), batch_size=4, cache_dtype="bfloat16")
+    cache = FeatureCache(half_model, processor, MODALITIES, str(tmp_path), batch_size=4, cache_dtype="bfloat16")
     fingerprints["bfloat16 video encoder"] = [cache.fingerprint(dataset, modality) for modality in MODALITIES]
     assert len({tuple(value) for value in fingerprints.values()}) == len(fingerprints)
     # Only the video fingerprint follows the video encoder's dtype.
     assert fingerprints["bfloat16 video encoder"][0::2] == fingerprints["bfloat16"][0::2]
     with pytest.raises(ValueError, match="cache_dtype must be one of"):
-        train.FeatureCache(model, processor, MODALITIES, str(tmp_path), batch_size=4, cache_dtype="int8")
+        FeatureCache(model, processor, MODALITIES, str(tmp_path), batch_size=4, cache_dtype="int8")
 
 
 def test_bfloat16_encoders_and_cache_stay_close_to_float32(tiny_inputs, tmp_path):
@@ -199,13 +202,13 @@ def test_bfloat16_encoders_and_cache_stay_close_to_float32(tiny_inputs, tmp_path
         half_model.base_model.encoder(modality).to(torch.bfloat16)
     built = {}
     for name, encoder_model, cache_dtype in (("float32", model, "float32"), ("bfloat16", half_model, "bfloat16")):
-        cache = train.FeatureCache(encoder_model, processor, MODALITIES, str(tmp_path / name), batch_size=4, cache_dtype=cache_dtype)
+        cache = FeatureCache(encoder_model, processor, MODALITIES, str(tmp_path / name), batch_size=4, cache_dtype=cache_dtype)
         built[name] = cache.add_features(dataset, "validation")
     sizes = {name: sum(path.stat().st_size for path in (tmp_path / name).rglob("*.arrow")) for name in built}
     assert 0.45 < sizes["bfloat16"] / sizes["float32"] < 0.55  # measured: 35,416 / 66,512 bytes (0.53)
 
     rows = {name: [features[index] for index in range(len(features))] for name, features in built.items()}
-    batches = {name: train.UtteranceCollator(processor, MODALITIES, MODALITIES)(rows[name]) for name in rows}
+    batches = {name: UtteranceCollator(processor, MODALITIES, MODALITIES)(rows[name]) for name in rows}
     for modality in MODALITIES:
         full, half = batches["float32"][f"{modality}_features"], batches["bfloat16"][f"{modality}_features"]
         assert half.dtype == torch.bfloat16 and full.dtype == torch.float32
@@ -235,7 +238,7 @@ def test_input_embeddings_are_read_alone_from_the_text_models_safetensors(tmp_pa
         text_embedding="input_embeddings", encoder_dtype="bfloat16",
     )
     config = train.build_config(model_args, class_weights=None)
-    model = train.load_model(MMEmotionForEmotionClassification, config, model_args)
+    model = load_model(MMEmotionForEmotionClassification, config, model_args)
     embed_tokens = model.base_model.text_encoder.embed_tokens
     assert embed_tokens.weight.dtype == torch.bfloat16  # the frozen encoder in --encoder_dtype, the head in float32
     assert model.base_model.poolers["text"].projection.weight.dtype == torch.float32
@@ -248,7 +251,7 @@ def test_input_embeddings_are_read_alone_from_the_text_models_safetensors(tmp_pa
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text((tmp_path / "llama" / "config.json").read_text())
     with pytest.raises(ValueError, match="reads its token embeddings from safetensors"):
-        train.load_input_embeddings(str(tmp_path / "empty"), text_config, trust_remote_code=False)
+        load_input_embeddings(str(tmp_path / "empty"), text_config, trust_remote_code=False)
 
 
 def test_training_on_a_bfloat16_cache(tmp_path, clip_data):
@@ -274,7 +277,7 @@ def test_a_bfloat16_checkpoint_trains_a_float32_head(tmp_path, encoder_dtype):
     # e.g. a VideoLLaMA conversion saved with --dtype bfloat16: the whole model, head included, loads in bfloat16.
     MMEmotionForEmotionClassification(MMEmotionConfig.from_pretrained(TINY)).to(torch.bfloat16).save_pretrained(tmp_path)
     model_args = train.ModelArguments(model_name_or_path=str(tmp_path), encoder_dtype=encoder_dtype)
-    model = train.load_model(MMEmotionForEmotionClassification, train.build_config(model_args, None), model_args)
+    model = load_model(MMEmotionForEmotionClassification, train.build_config(model_args, None), model_args)
     for modality in MODALITIES:
         assert {p.dtype for p in model.base_model.encoder(modality).parameters()} == {getattr(torch, encoder_dtype)}
     trained = [parameter for name, parameter in model.named_parameters() if "_encoder." not in name]

@@ -1,5 +1,6 @@
-"""Emotion-cause pair extraction: `MMEmotionForEmotionCauseExtraction`, its decoding, and `conversation_data`."""
+"""Emotion-cause pair extraction: `MMEmotionForEmotionCauseExtraction`, its decoding, and `training.conversations`."""
 
+import dataclasses
 import json
 import os
 import random
@@ -12,21 +13,22 @@ import datasets
 import evaluate
 import pytest
 import torch
+from transformers import Trainer, TrainingArguments
 
 import ecf
 from configuration_mmemotion import ECF_EMOTIONS, MMEmotionConfig
-from conversation_data import (
-    ECPE_PAIR_F1,
-    ConversationCollator,
-    ConversationDataset,
-    pair_records,
-    pairs_to_submission,
-    predict_conversations,
-    tune_cause_threshold,
-)
 from modeling_mmemotion import MMEmotionForEmotionCauseExtraction, MMEmotionForEmotionClassification
 from processing_mmemotion import MMEmotionProcessor
 from test_modeling import random_inputs
+from training.conversations import ConversationCollator, ConversationDataset
+from training.evaluation import (
+    ECPE_PAIR_F1,
+    conversation_predictions,
+    joint_logits,
+    pair_records,
+    pairs_to_submission,
+    tune_cause_threshold,
+)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -345,6 +347,20 @@ def test_joint0_preset_builds_at_real_size_on_meta():
 # ------------------------------------------------------------------------------------------ ECF data to a submission
 
 
+def predict_conversations(model, dataset, collator, output_dir, batch_size=8):
+    """`trainer.predict` on conversations as train.py runs it, read back as `ConversationPredictions`."""
+    # `Trainer` concatenates the batches' (C, U, U) pair logits: every batch padded to one U, as train.py does.
+    lengths = [end - start for start, end in zip(dataset.offsets, dataset.offsets[1:])]
+    collator = dataclasses.replace(collator, pad_to_utterances=max(lengths))
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_eval_batch_size=batch_size, use_cpu=True, report_to="none",
+        remove_unused_columns=False,
+    )
+    trainer = Trainer(model=model, args=args, data_collator=collator, preprocess_logits_for_metrics=joint_logits)
+    return conversation_predictions(dataset, trainer.predict(dataset))
+
+
+
 def test_ecf_sample_to_a_scored_predictions_file(tmp_path):
     """The `--task joint` prediction path: ECF file -> conversation dataset -> predictions file -> official score."""
     conversations = ecf.load_conversations(os.path.join(ROOT, "demo", "sample_train.json"))
@@ -366,8 +382,8 @@ def test_ecf_sample_to_a_scored_predictions_file(tmp_path):
     assert first["labels"][0].tolist() == [ecf.EMOTION_TO_ID[u["emotion"]] for u in conversations[0]["conversation"]]
 
     model = text_model(text_config=MMEmotionConfig.from_pretrained(TINY).text_config.to_dict())
-    predictions = predict_conversations(model, dataset, collator, batch_size=5)
-    from_flat_collator = predict_conversations(model, dataset, flat_collator, batch_size=5)
+    predictions = predict_conversations(model, dataset, collator, tmp_path, batch_size=5)
+    from_flat_collator = predict_conversations(model, dataset, flat_collator, tmp_path, batch_size=5)
     torch.testing.assert_close(from_flat_collator.emotion_logits, predictions.emotion_logits)
     torch.testing.assert_close(from_flat_collator.cause_logits, predictions.cause_logits)
     assert predictions.conversation_ids == [c["conversation_ID"] for c in conversations]
@@ -453,7 +469,7 @@ def one_thread():
 
 
 @pytest.mark.parametrize("context_encoder", CONTEXT_ENCODERS)
-def test_learns_structural_causes_beyond_the_self_cause_rule(context_encoder, one_thread):
+def test_learns_structural_causes_beyond_the_self_cause_rule(context_encoder, one_thread, tmp_path):
     model = text_model(
         context_encoder=context_encoder, projection_size=32, attention_size=16, classifier_hidden_size=32,
         context_hidden_size=32, cause_window=4, classifier_dropout=0.1,
@@ -477,10 +493,10 @@ def test_learns_structural_causes_beyond_the_self_cause_rule(context_encoder, on
             optimizer.step()
     training_seconds = time.perf_counter() - start
 
-    threshold, scores = tune_cause_threshold(model, predict_conversations(model, validation, collator), validation_references)
+    threshold, scores = tune_cause_threshold(model, predict_conversations(model, validation, collator, tmp_path), validation_references)
     assert scores[threshold] == max(scores.values())
     model.config.cause_threshold = threshold
-    predictions = predict_conversations(model, test, collator)
+    predictions = predict_conversations(model, test, collator, tmp_path)
     pairs = model.decode_pairs(predictions.emotion_logits, predictions.cause_logits, predictions.utterance_mask)
     metric = evaluate.load(ECPE_PAIR_F1)
     joint = metric.compute(predictions=pairs_to_submission(predictions, pairs, model.config.id2label), references=test_references)

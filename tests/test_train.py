@@ -26,6 +26,7 @@ from configuration_mmemotion import MMEmotionConfig
 from demo.media import tone, write_mp4
 from modeling_mmemotion import MMEmotionForEmotionClassification
 from processing_mmemotion import MMEmotionProcessor
+from training.features import FeatureCache, UtteranceCollator, tokenize_utterances
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,15 +124,15 @@ def clip_dataset(tmp_path, data):
 
 
 def test_feature_cache_hits_misses_invalidation_and_equals_live_encoders(tmp_path, clip_dataset, caplog):
-    caplog.set_level(logging.INFO, logger=train.logger.name)
+    caplog.set_level(logging.INFO, logger="training.features")
     torch.manual_seed(0)
     model = MMEmotionForEmotionClassification(MMEmotionConfig.from_pretrained(TINY)).eval()
     processor = MMEmotionProcessor.from_pretrained(TINY)
     modalities = ["text", "video", "audio"]
-    dataset = train.tokenize_utterances(clip_dataset, processor, max_length=32)
+    dataset = tokenize_utterances(clip_dataset, processor, max_length=32)
 
     def add_features(dataset):
-        cache = train.FeatureCache(model, processor, modalities, str(tmp_path / "cache"), batch_size=4)
+        cache = FeatureCache(model, processor, modalities, str(tmp_path / "cache"), batch_size=4)
         result = cache.add_features(dataset, "validation")
         outcome = {}
         for record in caplog.records:
@@ -151,8 +152,8 @@ def test_feature_cache_hits_misses_invalidation_and_equals_live_encoders(tmp_pat
 
     # The cached features give the logits of the live encoders.
     rows = [cached[index] for index in range(len(cached))]
-    cached_batch = train.UtteranceCollator(processor, modalities, modalities)(rows)
-    live_batch = train.UtteranceCollator(processor, modalities, [])(rows)
+    cached_batch = UtteranceCollator(processor, modalities, modalities)(rows)
+    live_batch = UtteranceCollator(processor, modalities, [])(rows)
     assert "text_features" in cached_batch and "pixel_values_videos" in live_batch
     with torch.no_grad():
         torch.testing.assert_close(model(**cached_batch).logits, model(**live_batch).logits, atol=1e-4, rtol=1e-4)
@@ -165,7 +166,7 @@ def test_feature_cache_hits_misses_invalidation_and_equals_live_encoders(tmp_pat
     processor.video_feature_extractor.num_frames = 4
     assert add_features(dataset)[1] == {"text": "hit", "video": "miss", "audio": "hit"}
     # Other tokens (a shorter truncation) invalidate the text features.
-    shorter = train.tokenize_utterances(clip_dataset, processor, max_length=4)
+    shorter = tokenize_utterances(clip_dataset, processor, max_length=4)
     assert add_features(shorter)[1] == {"text": "miss", "video": "hit", "audio": "hit"}
 
 
@@ -173,9 +174,9 @@ def test_feature_cache_built_by_workers_equals_one_built_in_process(tmp_path, cl
     torch.manual_seed(0)
     model = MMEmotionForEmotionClassification(MMEmotionConfig.from_pretrained(TINY)).eval()
     processor = MMEmotionProcessor.from_pretrained(TINY)
-    dataset = train.tokenize_utterances(clip_dataset, processor, max_length=32)
+    dataset = tokenize_utterances(clip_dataset, processor, max_length=32)
     built = {
-        num_workers: train.FeatureCache(
+        num_workers: FeatureCache(
             model, processor, ["video", "audio"], str(tmp_path / f"cache{num_workers}"), batch_size=2, num_workers=num_workers
         ).add_features(dataset, "validation")[:]
         for num_workers in (0, 2)
@@ -190,7 +191,7 @@ def test_feature_cache_built_by_workers_equals_one_built_in_process(tmp_path, cl
 
 
 def test_text_only_model_from_a_pretrained_text_encoder_with_predictions(tmp_path, data, caplog):
-    caplog.set_level(logging.INFO, logger=train.logger.name)
+    caplog.set_level(logging.INFO, logger="training.features")
     output_dir = run_train(
         tmp_path, data,
         "--text_model_name_or_path", minilm_path(), "--modalities", "text", "--text_embedding", "last_hidden_state",

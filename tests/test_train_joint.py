@@ -20,8 +20,8 @@ import torch
 
 import ecf
 import train
-from conversation_data import ECPE_PAIR_F1, pair_records
 from modeling_mmemotion import MMEmotionForEmotionCauseExtraction, MMEmotionForEmotionClassification
+from training.evaluation import ECPE_PAIR_F1, pair_records
 from test_train import CUE_WORDS, FILLERS, minilm_path, read_json
 
 
@@ -78,8 +78,11 @@ def data(tmp_path_factory):
     }
 
 
+LOGGERS = [train.logger, logging.getLogger("training")]
+
+
 class LogMessages(logging.Handler):
-    """Collects train.py's log messages (module-scoped fixtures cannot use `caplog`)."""
+    """Collects the log messages of train.py and its `training` modules (module-scoped fixtures cannot use `caplog`)."""
 
     def __init__(self):
         super().__init__(logging.INFO)
@@ -89,11 +92,13 @@ class LogMessages(logging.Handler):
         self.messages.append(record.getMessage())
 
     def __enter__(self):
-        train.logger.addHandler(self)
+        for logger in LOGGERS:
+            logger.addHandler(self)
         return self.messages
 
     def __exit__(self, *exc_info):
-        train.logger.removeHandler(self)
+        for logger in LOGGERS:
+            logger.removeHandler(self)
 
 
 def run_train(output_dir, cache_dir, *arguments):

@@ -4,7 +4,6 @@ Each test asserts the message and that no training step ran: `Trainer.train` is 
 before the model is built.
 """
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +16,11 @@ from huggingface_hub import HfApi, ModelCard, constants
 
 import ecf
 import train
+import training.checks
+from configuration_mmemotion import MMEmotionConfig
 from demo.media import write_mp4
+from training.checks import MISSING_CLIPS_FILE
+from training.model_card import CONFUSION_MATRIX_FILE, ModelCardInfo, render_model_card
 from test_train import data, minilm_path, read_json, train_arguments  # noqa: F401 (`data`: the cue-word files)
 
 
@@ -74,7 +77,7 @@ def test_some_clips_missing_are_named_and_listed(tmp_path, data, monkeypatch, ca
     expected = [
         f"dia{c['conversation_ID']}utt{u['utterance_ID']}.mp4" for c in conversations for u in c["conversation"]
     ][1:]
-    listed = (tmp_path / "run" / train.MISSING_CLIPS_FILE).read_text().splitlines()
+    listed = (tmp_path / "run" / MISSING_CLIPS_FILE).read_text().splitlines()
     assert listed == expected
     assert f"{len(expected)} of the {len(expected) + 1} clips are not in {clip_dir}" in caplog.text
     assert f"{', '.join(expected[:5])}, ..." in caplog.text
@@ -131,7 +134,7 @@ def test_accelerate_launch_without_multi_gpu(tmp_path, data):
 def test_push_to_hub_without_the_hub(tmp_path, data, no_training, monkeypatch, offline):
     # Offline mode, or a Hub address that does not resolve (no network).
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
-    monkeypatch.setattr(train, "HfApi", partial(HfApi, endpoint="http://hub.invalid"))
+    monkeypatch.setattr(training.checks, "HfApi", partial(HfApi, endpoint="http://hub.invalid"))
     with pytest.raises(ValueError) as error:
         run(tmp_path, data, "--config_name", "tiny", "--modalities", "text", "--push_to_hub", "--hub_model_id",
             "someone/model", "--hub_token", "hf_invalid")
@@ -155,15 +158,12 @@ def test_empty_transcript_in_a_training_file_is_masked_and_named(tmp_path, data,
 
     captured = {}
 
-    def build_dataset(split_conversations, data_args, processor, feature_cache, split):
-        captured[split] = train.tokenize_utterances(
-            ecf.conversations_to_utterance_dataset(split_conversations), processor, data_args.max_seq_length
-        )
+    def add_features(feature_cache, dataset, split):  # the tokenized utterance rows, as train.py builds them
+        captured[split] = dataset
         raise RuntimeError("stopped after the data")
 
-    emotion = dataclasses.replace(train.TASKS["emotion"], build_dataset=build_dataset)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(train.TASKS, "emotion", emotion)
+        patch.setattr(train.FeatureCache, "add_features", add_features)
         with pytest.raises(RuntimeError, match="stopped after the data"):
             train.main(train_arguments(tmp_path, {**data, "train": str(path)}, tmp_path / "run", "--config_name", "tiny",
                                        "--modalities", "text", "--do_train"))
@@ -179,17 +179,17 @@ def test_empty_transcript_in_a_training_file_is_masked_and_named(tmp_path, data,
 
 def render_card(output_dir, task="emotion", calibration=None, **training_arguments):
     """The model card of a run with these training arguments, written and read back with huggingface_hub."""
-    config = train.MMEmotionConfig.from_pretrained(os.path.join(ROOT, "presets", "tiny"))
+    config = MMEmotionConfig.from_pretrained(os.path.join(ROOT, "presets", "tiny"))
     training_args = train.MMEmotionTrainingArguments(output_dir=str(output_dir), **training_arguments)
     os.makedirs(output_dir, exist_ok=True)
     labels = list(ecf.EMOTIONS)
     matrix = np.eye(len(labels), dtype=int).tolist()
-    ecf.plot_confusion_matrix(matrix, labels, os.path.join(output_dir, train.CONFUSION_MATRIX_FILE), title="validation")
-    info = train.ModelCardInfo(
+    ecf.plot_confusion_matrix(matrix, labels, os.path.join(output_dir, CONFUSION_MATRIX_FILE), title="validation")
+    info = ModelCardInfo(
         text_model=None, lora=None, training_data=["train: 3 conversations"], task=task, calibration=calibration,
         eval_metrics={"accuracy": 0.51234, "weighted_f1": 0.4321, "loss": 1.2, "confusion_matrix": matrix},
     )
-    train.render_model_card(config, training_args, info).save(output_dir / "README.md")
+    render_model_card(config, training_args, info).save(output_dir / "README.md")
     return ModelCard.load(output_dir / "README.md")
 
 

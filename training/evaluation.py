@@ -1,0 +1,225 @@
+# Copyright 2026 The mmemotion authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+"""From the model's outputs to scores and predictions: `compute_metrics` of both tasks (the `metrics/` modules), the
+pair threshold tuned on validation predictions with the official weighted pair F1, and the predictions files."""
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import evaluate
+import numpy as np
+import torch
+from transformers import EvalPrediction, PreTrainedModel, Trainer
+from transformers.trainer_utils import PredictionOutput
+
+import ecf
+from modeling_mmemotion import MMEmotionForEmotionCauseExtraction
+from training.conversations import ConversationDataset
+
+
+logger = logging.getLogger(__name__)
+
+METRICS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "metrics")
+EMOTION_METRIC = os.path.join(METRICS_DIR, "emotion_classification")
+ECPE_PAIR_F1 = os.path.join(METRICS_DIR, "ecpe_pair_f1")
+
+
+@dataclass
+class ConversationPredictions:
+    r"""
+    The model's outputs over a dataset, padded to its longest conversation.
+
+    conversation_ids (`list[int]`):
+        The `conversation_id` of each row.
+    emotion_logits (`torch.FloatTensor` of shape `(num_conversations, max_utterances, num_labels)`)
+    cause_logits (`torch.FloatTensor` of shape `(num_conversations, max_utterances, max_utterances)`):
+        Lowest value of the dtype outside the candidate pairs and at padding.
+    utterance_mask (`torch.LongTensor` of shape `(num_conversations, max_utterances)`)
+    """
+
+    conversation_ids: list[int]
+    emotion_logits: torch.Tensor
+    cause_logits: torch.Tensor
+    utterance_mask: torch.Tensor
+
+    def emotion_predictions(self) -> list[int]:
+        """Predicted emotion ids of the real utterances, in conversation then utterance order (what
+        `ecf.write_predictions` takes)."""
+        return self.emotion_logits.argmax(dim=-1)[self.utterance_mask.bool()].tolist()
+
+
+def pairs_to_submission(
+    predictions: ConversationPredictions, pairs: Sequence[Iterable[tuple[int, int]]], id2label: Mapping[int, str]
+) -> list[dict[str, Any]]:
+    """Decoded pairs (`model.decode_pairs`) -> submission-format conversations for the `ecpe_pair_f1` metric:
+    `{"conversation_ID": 1375, "emotion-cause_pairs": [["1_disgust", "1"], ...]}` (1-based ids, the predicted emotion of
+    the first utterance)."""
+    emotions = predictions.emotion_logits.argmax(dim=-1).tolist()
+    return [
+        {
+            "conversation_ID": conversation_id,
+            "emotion-cause_pairs": [
+                [ecf.pair_emotion(emotion_index + 1, id2label[emotions[row][emotion_index]]), str(cause_index + 1)]
+                for emotion_index, cause_index in conversation_pairs
+            ],
+        }
+        for row, (conversation_id, conversation_pairs) in enumerate(zip(predictions.conversation_ids, pairs))
+    ]
+
+
+def pair_records(conversations: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Only the `conversation_ID` and `emotion-cause_pairs` of each conversation: the `ecpe_pair_f1` module's features
+    (it rejects other keys, such as the `conversation` of `ecf.load_conversations` records or predictions files)."""
+    return [
+        {"conversation_ID": conversation["conversation_ID"], "emotion-cause_pairs": conversation["emotion-cause_pairs"]}
+        for conversation in conversations
+    ]
+
+
+def tune_cause_threshold(
+    model: MMEmotionForEmotionCauseExtraction,
+    predictions: ConversationPredictions,
+    references: Sequence[Mapping[str, Any]],
+    thresholds: Sequence[float] | None = None,
+    metric: evaluate.EvaluationModule | None = None,
+) -> tuple[float, dict[float, float]]:
+    """Scans pair thresholds on validation predictions with the official weighted pair F1.
+
+    Args:
+        model: decodes the pairs (`model.decode_pairs`, same emotion predictions for every threshold).
+        predictions: the model's outputs on the validation set (`conversation_predictions`).
+        references: the gold validation conversations (`ecf.load_conversations` records, or any
+            `{"conversation_ID", "emotion-cause_pairs"}` dicts), the same conversations as `predictions`.
+        thresholds: candidates; defaults to 0.05, 0.10, ..., 0.95.
+        metric: the `metrics/ecpe_pair_f1` module; loaded from this repository when omitted.
+
+    Returns:
+        The best threshold (the lowest of equal scores) and the weighted pair F1 of every candidate. The caller stores
+        the threshold in `model.config.cause_threshold`, which `decode_pairs` then uses by default.
+    """
+    thresholds = [round(0.05 * step, 2) for step in range(1, 20)] if thresholds is None else thresholds
+    metric = evaluate.load(ECPE_PAIR_F1) if metric is None else metric
+    references = pair_records(references)
+    scores = {}
+    for threshold in thresholds:
+        pairs = model.decode_pairs(
+            predictions.emotion_logits, predictions.cause_logits, predictions.utterance_mask, threshold=threshold
+        )
+        submission = pairs_to_submission(predictions, pairs, model.config.id2label)
+        scores[threshold] = metric.compute(predictions=submission, references=references)["weighted_f1"]
+    best = max(thresholds, key=lambda threshold: (scores[threshold], -threshold))
+    return best, scores
+
+
+def emotion_metrics(model: PreTrainedModel) -> Callable[[EvalPrediction], dict[str, Any]]:
+    """Emotion scores of the utterances with a label; `predictions` and `label_ids` may have any leading shape."""
+    label_names = [model.config.id2label[index] for index in range(model.config.num_labels)]
+    metric = evaluate.load(EMOTION_METRIC, keep_in_memory=True, label_names=label_names)
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, Any]:
+        labelled = prediction.label_ids != ecf.IGNORE_INDEX
+        predictions = prediction.predictions.argmax(-1)
+        return metric.compute(predictions=predictions[labelled], references=prediction.label_ids[labelled])
+
+    return compute_metrics
+
+
+def emotion_logits(outputs, labels):
+    """Keeps the emotion logits of the model's outputs (logits, pooler_output, modality_mask) for metrics."""
+    return outputs[0] if isinstance(outputs, tuple) else outputs
+
+
+def write_emotion_predictions(path: str, conversations: list[dict], output: PredictionOutput, model: PreTrainedModel) -> None:
+    probabilities = torch.softmax(torch.from_numpy(output.predictions).float(), dim=-1).numpy()
+    emotions = [model.config.id2label[label_id] for label_id in probabilities.argmax(-1).tolist()]
+    ecf.write_predictions(path, conversations, emotions, probabilities=probabilities.tolist())
+
+
+def joint_logits(outputs, labels):
+    """Keeps the emotion and pair logits of the model's outputs for metrics and predictions."""
+    return outputs[0], outputs[1]
+
+
+def conversation_predictions(dataset: ConversationDataset, output: PredictionOutput) -> ConversationPredictions:
+    """`trainer.predict(dataset)` (with `joint_logits`) -> what `decode_pairs` and `tune_cause_threshold` read."""
+    emotion_logits, cause_logits = (torch.from_numpy(logits) for logits in output.predictions)
+    lengths = torch.from_numpy(np.diff(dataset.offsets))
+    utterance_mask = torch.arange(emotion_logits.shape[1])[None, :] < lengths[:, None]
+    return ConversationPredictions(
+        conversation_ids=list(dataset.conversations["conversation_id"]),
+        emotion_logits=emotion_logits,
+        cause_logits=cause_logits,
+        utterance_mask=utterance_mask.long(),
+    )
+
+
+# What `Trainer` hands `compute_metrics` as `label_ids` in the joint task: the gold emotions and pairs, and which
+# utterances are real (the collator's `utterance_mask`).
+JOINT_LABEL_NAMES = ["labels", "cause_labels", "utterance_mask"]
+
+
+def joint_metrics(model: MMEmotionForEmotionCauseExtraction) -> Callable[[EvalPrediction], dict[str, Any]]:
+    """The emotion task's scores of the utterances, and the official pair score (`pair_` + the `ecpe_pair_f1` names) of
+    the pairs that `model.decode_pairs` gives at the model's current `cause_threshold`."""
+    compute_emotion_metrics = emotion_metrics(model)
+    pair_metric = evaluate.load(ECPE_PAIR_F1, keep_in_memory=True)
+    id2label = model.config.id2label
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, Any]:
+        emotion_logits, cause_logits = prediction.predictions
+        labels, cause_labels, utterance_mask = prediction.label_ids  # `JOINT_LABEL_NAMES`
+        metrics = compute_emotion_metrics(EvalPrediction(predictions=emotion_logits, label_ids=labels))
+        # Conversations are numbered by row; the gold pairs are the 1s of `cause_labels`.
+        predictions = ConversationPredictions(
+            conversation_ids=list(range(len(labels))),
+            emotion_logits=torch.from_numpy(emotion_logits),
+            cause_logits=torch.from_numpy(cause_logits),
+            utterance_mask=torch.from_numpy(utterance_mask).long(),
+        )
+        pairs = model.decode_pairs(predictions.emotion_logits, predictions.cause_logits, predictions.utterance_mask)
+        references = [
+            {
+                "conversation_ID": row,
+                "emotion-cause_pairs": [
+                    [ecf.pair_emotion(emotion_index + 1, id2label[labels[row, emotion_index]]), str(cause_index + 1)]
+                    for emotion_index, cause_index in zip(*np.nonzero(cause_labels[row] == 1))
+                ],
+            }
+            for row in range(len(labels))
+        ]
+        pair_scores = pair_metric.compute(predictions=pairs_to_submission(predictions, pairs, id2label), references=references)
+        return {**metrics, **{f"pair_{name}": value for name, value in pair_scores.items()}}
+
+    return compute_metrics
+
+
+def tune_joint_threshold(trainer: Trainer, dataset: ConversationDataset, conversations: list[dict]) -> str:
+    """Sets `cause_threshold` to the one that maximises the weighted pair F1 on the validation conversations."""
+    model = trainer.model
+    predictions = conversation_predictions(dataset, trainer.predict(dataset, metric_key_prefix="tuning"))
+    model.config.cause_threshold, scores = tune_cause_threshold(model, predictions, conversations)
+    logger.info("Weighted pair F1 by pair threshold: " + ", ".join(f"{t}: {f1:.4f}" for t, f1 in scores.items()))
+    return (
+        f"Pair threshold {model.config.cause_threshold} tuned on the {len(conversations)} validation conversations "
+        f"among {len(scores)} values from {min(scores)} to {max(scores)}: weighted pair F1 "
+        f"{scores[model.config.cause_threshold]:.4f} (from {min(scores.values()):.4f} to {max(scores.values()):.4f})."
+    )
+
+
+def write_joint_predictions(
+    path: str, conversations: list[dict], dataset: ConversationDataset, output: PredictionOutput, model: PreTrainedModel
+) -> None:
+    predictions = conversation_predictions(dataset, output)
+    pairs = model.decode_pairs(predictions.emotion_logits, predictions.cause_logits, predictions.utterance_mask)
+    probabilities = predictions.emotion_logits.softmax(dim=-1)[predictions.utterance_mask.bool()]
+    ecf.write_predictions(
+        path, conversations, predictions.emotion_predictions(), pair_predictions=pairs, probabilities=probabilities.tolist()
+    )
