@@ -16,12 +16,13 @@ outputs to scored SemEval-2024 Task 3 subtask-2 pairs:
   utterances to an utterance-level collator) and turns the gold `cause_pairs` into the `cause_labels` matrix;
 - `predict_conversations`: runs the model over a dataset and keeps its logits;
 - `pairs_to_submission`, `pair_records`: decoded pairs and gold conversations in the `ecpe_pair_f1` metric's format;
-- `tune_cause_threshold`: picks the pair threshold that maximises the official weighted pair F1 on those logits.
+- `tune_cause_threshold`: picks the pair threshold that maximises the official weighted pair F1 on those logits;
+- `select_cause_threshold`: keeps a tuned threshold only if tuning also wins on conversations it did not see.
 """
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -287,3 +288,77 @@ def tune_cause_threshold(
         scores[threshold] = metric.compute(predictions=submission, references=references)["weighted_f1"]
     best = max(thresholds, key=lambda threshold: (scores[threshold], -threshold))
     return best, scores
+
+
+@dataclass
+class ThresholdSelection:
+    """What `select_cause_threshold` found: the threshold to keep and the scores behind the choice."""
+
+    threshold: float
+    fixed_threshold: float
+    tuned_threshold: float
+    # Weighted pair F1 on all the conversations at the fixed threshold and at the tuned one (tuned on them all).
+    fixed_f1: float
+    tuned_f1: float
+    # Each fold scored at the threshold tuned on the other folds, all folds pooled: what tuning gives on unseen data.
+    cross_fitted_f1: float
+    fold_thresholds: list[float] = field(default_factory=list)
+
+
+def select_cause_threshold(
+    model: MMEmotionForEmotionCauseExtraction,
+    predictions: ConversationPredictions,
+    references: Sequence[Mapping[str, Any]],
+    num_folds: int = 5,
+    thresholds: Sequence[float] | None = None,
+    metric: evaluate.EvaluationModule | None = None,
+) -> ThresholdSelection:
+    """Tunes the pair threshold only where tuning holds up on conversations it was not tuned on.
+
+    The conversations are dealt into `num_folds` folds; each fold is decoded at the threshold tuned on the others and
+    the pooled folds are scored (the cross-fitted F1). The threshold tuned on all the conversations is kept if the
+    cross-fitted F1 beats the model's current threshold (`config.cause_threshold`) on the same conversations;
+    otherwise the current one stays. Too few conversations for the folds: the current threshold stays.
+    """
+    thresholds = [round(0.05 * step, 2) for step in range(1, 20)] if thresholds is None else list(thresholds)
+    metric = evaluate.load(ECPE_PAIR_F1) if metric is None else metric
+    references = pair_records(references)
+    fixed = model.config.cause_threshold
+    candidates = sorted({*thresholds, fixed})
+    submissions = {
+        threshold: pairs_to_submission(
+            predictions,
+            model.decode_pairs(predictions.emotion_logits, predictions.cause_logits, predictions.utterance_mask, threshold=threshold),
+            model.config.id2label,
+        )
+        for threshold in candidates
+    }
+
+    def score(threshold: float, rows: Sequence[int]) -> float:
+        return metric.compute(
+            predictions=[submissions[threshold][row] for row in rows], references=[references[row] for row in rows]
+        )["weighted_f1"]
+
+    def tune(rows: Sequence[int]) -> float:
+        scores = {threshold: score(threshold, rows) for threshold in thresholds}
+        return max(thresholds, key=lambda threshold: (scores[threshold], -threshold))
+
+    every_row = list(range(len(references)))
+    tuned = tune(every_row)
+    selection = ThresholdSelection(
+        threshold=fixed, fixed_threshold=fixed, tuned_threshold=tuned, fixed_f1=score(fixed, every_row),
+        tuned_f1=score(tuned, every_row), cross_fitted_f1=float("nan"),
+    )
+    if len(references) < 2 * num_folds:
+        return selection
+    folds = [every_row[fold::num_folds] for fold in range(num_folds)]
+    cross_fitted = []
+    for fold, rows in enumerate(folds):
+        threshold = tune([row for other, other_rows in enumerate(folds) if other != fold for row in other_rows])
+        selection.fold_thresholds.append(threshold)
+        cross_fitted.extend(submissions[threshold][row] for row in rows)
+    pooled_references = [references[row] for rows in folds for row in rows]
+    selection.cross_fitted_f1 = metric.compute(predictions=cross_fitted, references=pooled_references)["weighted_f1"]
+    if selection.cross_fitted_f1 > selection.fixed_f1:
+        selection.threshold = tuned
+    return selection
