@@ -34,7 +34,7 @@ def no_training(monkeypatch):
     def reached(*args, **kwargs):
         raise AssertionError("the run got past its checks")
 
-    monkeypatch.setattr(train.Trainer, "train", reached)
+    monkeypatch.setattr(train.MMEmotionTrainer, "train", reached)
     monkeypatch.setattr(train, "load_model", reached)
     monkeypatch.setattr(train.FeatureCache, "add_features", reached)
 
@@ -177,7 +177,7 @@ def test_empty_transcript_in_a_training_file_is_masked_and_named(tmp_path, data,
     assert len(rows) == sum(len(conversation["conversation"]) for conversation in conversations)
 
 
-def render_card(output_dir, task="emotion", calibration=None, **training_arguments):
+def render_card(output_dir, task="emotion", calibration=None, threshold_tuned=False, **training_arguments):
     """The model card of a run with these training arguments, written and read back with huggingface_hub."""
     config = MMEmotionConfig.from_pretrained(os.path.join(ROOT, "presets", "tiny"))
     training_args = train.MMEmotionTrainingArguments(output_dir=str(output_dir), **training_arguments)
@@ -187,6 +187,7 @@ def render_card(output_dir, task="emotion", calibration=None, **training_argumen
     ecf.plot_confusion_matrix(matrix, labels, os.path.join(output_dir, CONFUSION_MATRIX_FILE), title="validation")
     info = ModelCardInfo(
         text_model=None, lora=None, training_data=["train: 3 conversations"], task=task, calibration=calibration,
+        threshold_tuned=threshold_tuned,
         eval_metrics={"accuracy": 0.51234, "weighted_f1": 0.4321, "loss": 1.2, "confusion_matrix": matrix},
     )
     render_model_card(config, training_args, info).save(output_dir / "README.md")
@@ -206,11 +207,14 @@ def test_model_card_shows_the_confusion_matrix_and_the_scores_as_model_index(tmp
 
 
 def test_model_card_says_when_the_validation_set_chose_the_epoch_and_threshold(tmp_path):
-    trained = render_card(tmp_path / "trained", do_train=True).text
+    trained = render_card(tmp_path / "trained", do_train=True, load_best_model_at_end=True).text
     assert (
         "The same validation conversations chose the epoch (best validation weighted_f1): these scores are optimistic"
     ) in trained
-    calibrated = render_card(tmp_path / "joint", "joint", "Pair threshold 0.4 tuned on ...", do_train=True).text
+    calibrated = render_card(
+        tmp_path / "joint", "joint", "Pair threshold 0.4 tuned on ...", threshold_tuned=True, do_train=True,
+        load_best_model_at_end=True,
+    ).text
     assert "chose the epoch (best validation weighted_f1) and the pair threshold: these scores" in calibrated
     last_epoch = render_card(tmp_path / "last", do_train=True, load_best_model_at_end=False, save_strategy="no").text
     assert "optimistic" not in last_epoch and "the last epoch kept" in last_epoch

@@ -39,6 +39,8 @@ class ModelCardInfo:
     task: str = "emotion"
     # What the calibration after training did to the model, e.g. the tuned pair threshold.
     calibration: str | None = None
+    # Whether the validation data chose the pair threshold (its scores are then optimistic).
+    threshold_tuned: bool = False
     eval_metrics: dict[str, Any] | None = None
 
 
@@ -76,7 +78,7 @@ def render_model_card(config: MMEmotionConfig, training_args: TrainingArguments,
     chosen_on_validation = []
     if training_args.do_train and training_args.load_best_model_at_end:
         chosen_on_validation.append(f"the epoch (best validation {training_args.metric_for_best_model})")
-    if info.calibration:
+    if info.threshold_tuned:
         chosen_on_validation.append("the pair threshold")
     encoders = ", ".join(
         f"{modality} ({'frozen' if getattr(config, f'freeze_{modality}_encoder') else 'trained'})"
