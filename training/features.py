@@ -95,7 +95,7 @@ def cached_features(rows: list[torch.Tensor]) -> list[torch.Tensor]:
     return [row.view(torch.bfloat16) if row.dtype == torch.int16 else row for row in rows]
 
 
-@dataclass(eq=False)  # compared and hashed by identity
+@dataclass(eq=False, repr=False)  # it holds the model: compared by identity, not printed
 class FeatureCache:
     """On-disk cache of the outputs of frozen encoders, one Arrow file per (modality, encoder, inputs).
 
