@@ -245,7 +245,9 @@ class MMEmotionConfig(PreTrainedConfig):
         num_labels (`int`, *optional*, defaults to 7):
             Number of emotion classes; `id2label` defaults to the ECF emotions.
         initializer_range (`float`, *optional*, defaults to 0.02):
-            Standard deviation of the initialisation of the fusion and head weights.
+            Standard deviation of the initialisation of new weights: the fusion, the heads, the ImageBind audio encoder,
+            the branches' position embeddings and projections. The BLIP-2 vision model and Q-Formers (and their query
+            tokens) use their own configs' `initializer_range`.
 
     Example:
 

@@ -455,6 +455,7 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
             self.video_encoder = VideoLlamaVideoEncoder(config.video_config)
         if "audio" in self.modalities:
             self.audio_encoder = VideoLlamaAudioEncoder(config.audio_config)
+        # The fusion's weights (`fuse`), under the names every saved checkpoint has.
         self.poolers = nn.ModuleDict(
             {modality: MMEmotionModalityPooler(config, config.modality_hidden_size(modality)) for modality in self.modalities}
         )
@@ -972,7 +973,7 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
         )  # fmt: skip
         # Only the real utterances are encoded, as one flat batch.
         flat_inputs = {name: value[utterance_mask] for name, value in utterance_inputs.items() if value is not None}
-        utterance_embeds = _scatter_rows(self.mmemotion(**flat_inputs).pooler_output, utterance_mask)
+        utterance_embeds = _scatter_rows(self.mmemotion(**flat_inputs).pooler_output, utterance_mask)  # (C, U, fused size)
         if speaker_ids is None:
             speaker_ids = torch.zeros_like(utterance_mask, dtype=torch.long)
         utterance_states = self.context_encoder(utterance_embeds, speaker_ids, utterance_mask)
