@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import PreTrainedModel
 from transformers.audio_utils import spectrogram
+from transformers.image_utils import OPENAI_CLIP_STD
 
 from benchmarks.measure import (
     cuda_peak_mb,
@@ -32,7 +33,6 @@ from benchmarks.measure import (
 from configuration_mmemotion import MMEmotionConfig, MMEmotionVideoConfig
 from modeling_mmemotion import MMEmotionForEmotionClassification, VideoLlamaVideoEncoder
 from processing_mmemotion import (
-    CLIP_STD,
     FRAME_SHIFT_MS,
     KALDI_MEL_FLOOR,
     MMEmotionAudioFeatureExtractor,
@@ -209,7 +209,7 @@ def frame_difference(clip: str) -> list[dict]:
             resize: MMEmotionVideoFeatureExtractor(decoder=decoder, resize_in_decoder=resize).extract(clip)
             for resize in (False, True)
         }
-        difference = np.abs(frames[True] - frames[False]) * 255 * np.array(CLIP_STD).reshape(1, 3, 1, 1)
+        difference = np.abs(frames[True] - frames[False]) * 255 * np.array(OPENAI_CLIP_STD).reshape(1, 3, 1, 1)
         rows.append({"decoder": decoder, "mean_abs_levels": float(difference.mean()), "max_abs_levels": float(difference.max())})
     return rows
 
