@@ -68,8 +68,6 @@ class MMEmotionVideoConfig(PreTrainedConfig):
             Size of the frame position embedding, so the largest number of frames per clip.
         llm_hidden_size (`int`, *optional*, defaults to 5120):
             Output width of `llama_proj`: the width of the LLaMA the branch was trained for (4096 for 7B, 5120 for 13B).
-        initializer_range (`float`, *optional*, defaults to 0.02):
-            Standard deviation of the initialisation of the query tokens, position embeddings and projection.
     """
 
     model_type = "mmemotion_video"
@@ -89,7 +87,6 @@ class MMEmotionVideoConfig(PreTrainedConfig):
     num_video_query_tokens: int = 32
     max_frame_positions: int = 32
     llm_hidden_size: int = 5120
-    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -135,8 +132,6 @@ class MMEmotionAudioConfig(PreTrainedConfig):
             Size of the clip position embedding, so the largest number of audio clips per utterance.
         llm_hidden_size (`int`, *optional*, defaults to 5120):
             Output width of `audio_llama_proj` (4096 for the 7B checkpoints, 5120 for 13B).
-        initializer_range (`float`, *optional*, defaults to 0.02):
-            Standard deviation of the initialisation of new weights.
     """
 
     model_type = "mmemotion_audio"
@@ -162,7 +157,6 @@ class MMEmotionAudioConfig(PreTrainedConfig):
     num_audio_query_tokens: int = 8
     max_clip_positions: int = 8
     llm_hidden_size: int = 5120
-    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -251,7 +245,9 @@ class MMEmotionConfig(PreTrainedConfig):
         num_labels (`int`, *optional*, defaults to 7):
             Number of emotion classes; `id2label` defaults to the ECF emotions.
         initializer_range (`float`, *optional*, defaults to 0.02):
-            Standard deviation of the initialisation of the fusion and head weights.
+            Standard deviation of the initialisation of new weights: the fusion, the heads, the ImageBind audio encoder,
+            the branches' position embeddings and projections. The BLIP-2 vision model and Q-Formers (and their query
+            tokens) use their own configs' `initializer_range`.
 
     Example:
 

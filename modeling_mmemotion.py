@@ -24,8 +24,8 @@ runs a conversation encoder (BiLSTM or transformer) over the utterance vectors a
 and every (emotion utterance, candidate cause) pair within `config.cause_window`.
 """
 
+import inspect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -95,48 +95,35 @@ class MMEmotionClassifierOutput(ModelOutput):
     modality_mask: torch.LongTensor | None = None
 
 
+@dataclass
+class MMEmotionEmotionCauseOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` or `cause_labels` is provided):
+        `emotion_loss_weight` x the emotion cross-entropy + `cause_loss_weight` x the pair binary cross-entropy.
+    emotion_logits (`torch.FloatTensor` of shape `(num_conversations, max_utterances, num_labels)`):
+        Emotion scores of every utterance, computed from its context-aware state. Rows of padding utterances are
+        meaningless.
+    cause_logits (`torch.FloatTensor` of shape `(num_conversations, max_utterances, max_utterances)`):
+        `cause_logits[c, i, j]` scores "utterance j causes the emotion of utterance i". Pairs farther apart than
+        `config.cause_window` or touching a padding utterance hold the dtype's lowest value (probability 0).
+    utterance_states (`torch.FloatTensor` of shape `(num_conversations, max_utterances, context_hidden_size)`):
+        Output of the conversation encoder (zeros at padding utterances).
+    utterance_embeds (`torch.FloatTensor` of shape `(num_conversations, max_utterances, num_modalities * projection_size)`):
+        The fused vector of each utterance, before the conversation encoder (zeros at padding utterances).
+    """
+
+    loss: torch.FloatTensor | None = None
+    emotion_logits: torch.FloatTensor | None = None
+    cause_logits: torch.FloatTensor | None = None
+    utterance_states: torch.FloatTensor | None = None
+    utterance_embeds: torch.FloatTensor | None = None
+
+
 def _scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Put `values` (one row per true entry of `mask`) back into a zero tensor of shape `mask.shape + values.shape[1:]`."""
     output = values.new_zeros(*mask.shape, *values.shape[1:])
     output[mask] = values
     return output
-
-
-def _encode_positioned_items(
-    encode: Callable[[torch.Tensor], torch.Tensor],
-    items: torch.Tensor,
-    item_mask: torch.Tensor | None,
-    position_embedding: nn.Embedding,
-    item_name: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    The first stage of both VideoLLaMA branches: `encode` the real items (frames or audio clips) of `items` (batch,
-    num_items, ...) at once, put them back in place with zeros for the padding ones, and add each item's position
-    embedding (broadcast over any token dimension `encode` adds). Returns the features and the item mask (all ones
-    when `item_mask` is None).
-    """
-    batch_size, num_items = items.shape[:2]
-    if num_items > position_embedding.num_embeddings:
-        raise ValueError(
-            f"Got {num_items} {item_name} per item; the branch has positions for {position_embedding.num_embeddings}."
-        )
-    if item_mask is None:
-        item_mask = torch.ones(batch_size, num_items, dtype=torch.long, device=items.device)
-    present = item_mask.bool()
-    features = _scatter_rows(encode(items[present]), present)
-    position_embeds = position_embedding(torch.arange(num_items, device=items.device))
-    position_embeds = position_embeds.view(1, num_items, *[1] * (features.dim() - 3), -1)
-    return features + position_embeds, item_mask
-
-
-def _query_and_project(
-    query_tokens: nn.Parameter, qformer: Blip2QFormerModel, projection: nn.Linear, tokens: torch.Tensor, token_mask: torch.Tensor
-) -> torch.Tensor:
-    """The second stage of both VideoLLaMA branches: learned queries read the item tokens through a Q-Former, and are
-    projected to the language model's width."""
-    queries = query_tokens.expand(tokens.shape[0], -1, -1)
-    hidden = qformer(query_embeds=queries, encoder_hidden_states=tokens, encoder_attention_mask=token_mask).last_hidden_state
-    return projection(hidden)
 
 
 def _emotion_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, config: MMEmotionConfig) -> torch.Tensor:
@@ -182,12 +169,34 @@ class VideoLlamaVideoEncoder(nn.Module):
         Returns:
             `torch.FloatTensor` of shape `(batch_size, num_video_query_tokens, llm_hidden_size)`.
         """
-        frame_features, video_frame_mask = _encode_positioned_items(
-            self.encode_frames, pixel_values_videos, video_frame_mask, self.frame_position_embedding, "frames"
-        )
-        frame_tokens = frame_features.flatten(1, 2)  # (B, T * num_query_tokens, width)
-        token_mask = video_frame_mask.repeat_interleave(self.config.num_query_tokens, dim=1)
-        return _query_and_project(self.video_query_tokens, self.video_qformer, self.llama_proj, frame_tokens, token_mask)
+        batch_size, num_frames = pixel_values_videos.shape[:2]
+        if num_frames > self.config.max_frame_positions:
+            raise ValueError(
+                f"Got {num_frames} frames per item; the branch has positions for {self.config.max_frame_positions}."
+            )
+        if video_frame_mask is None:
+            video_frame_mask = torch.ones(batch_size, num_frames, dtype=torch.long, device=pixel_values_videos.device)
+
+        # step 1: the real frames of the whole batch at once through EVA ViT-g and the BLIP-2 Q-Former
+        real_frames = video_frame_mask.bool()
+        frame_features = self.encode_frames(pixel_values_videos[real_frames])  # (num_real_frames, num_query_tokens, width)
+        frame_features = _scatter_rows(frame_features, real_frames)  # (batch_size, num_frames, num_query_tokens, width)
+
+        # step 2: each frame's position embedding, on all of its tokens
+        frame_positions = self.frame_position_embedding(torch.arange(num_frames, device=frame_features.device))
+        frame_features = frame_features + frame_positions[None, :, None, :]
+
+        # step 3: the video queries read the tokens of every real frame through the video Q-Former
+        num_query_tokens = self.config.num_query_tokens
+        frame_tokens = frame_features.flatten(1, 2)  # (batch_size, num_frames * num_query_tokens, width)
+        token_mask = video_frame_mask.repeat_interleave(num_query_tokens, dim=1)  # (batch_size, num_frames * num_query_tokens)
+        video_query_tokens = self.video_query_tokens.expand(batch_size, -1, -1)
+        video_query_output = self.video_qformer(
+            query_embeds=video_query_tokens, encoder_hidden_states=frame_tokens, encoder_attention_mask=token_mask
+        ).last_hidden_state
+
+        # step 4: projection to the language model's width
+        return self.llama_proj(video_query_output)
 
 
 class ImageBindAudioEmbeddings(nn.Module):
@@ -283,12 +292,30 @@ class VideoLlamaAudioEncoder(nn.Module):
         Returns:
             `torch.FloatTensor` of shape `(batch_size, num_audio_query_tokens, llm_hidden_size)`.
         """
-        clip_embeds, audio_clip_mask = _encode_positioned_items(
-            self.audio_model, audio_values, audio_clip_mask, self.audio_position_embedding, "audio clips"
-        )
-        return _query_and_project(
-            self.audio_query_tokens, self.audio_qformer, self.audio_llama_proj, clip_embeds, audio_clip_mask
-        )
+        batch_size, num_clips = audio_values.shape[:2]
+        if num_clips > self.config.max_clip_positions:
+            raise ValueError(
+                f"Got {num_clips} audio clips per item; the branch has positions for {self.config.max_clip_positions}."
+            )
+        if audio_clip_mask is None:
+            audio_clip_mask = torch.ones(batch_size, num_clips, dtype=torch.long, device=audio_values.device)
+
+        # step 1: the real clips of the whole batch at once through the ImageBind audio encoder, one embedding each
+        real_clips = audio_clip_mask.bool()
+        clip_embeds = self.audio_model(audio_values[real_clips])  # (num_real_clips, output_size)
+        clip_embeds = _scatter_rows(clip_embeds, real_clips)  # (batch_size, num_clips, output_size)
+
+        # step 2: each clip's position embedding
+        clip_embeds = clip_embeds + self.audio_position_embedding(torch.arange(num_clips, device=clip_embeds.device))
+
+        # step 3: the audio queries read the real clips through the audio Q-Former
+        audio_query_tokens = self.audio_query_tokens.expand(batch_size, -1, -1)
+        audio_query_output = self.audio_qformer(
+            query_embeds=audio_query_tokens, encoder_hidden_states=clip_embeds, encoder_attention_mask=audio_clip_mask
+        ).last_hidden_state
+
+        # step 4: projection to the language model's width
+        return self.audio_llama_proj(audio_query_output)
 
 
 class MMEmotionTextEncoder(nn.Module):
@@ -367,8 +394,7 @@ class MMEmotionPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = False
     _no_split_modules = ["ImageBindAudioLayer", "Blip2EncoderLayer", "Blip2QFormerLayer"]
-    # The models take `**kwargs` only to ignore extra collator keys and return a plain mean loss: Trainer must not
-    # rescale it (see docs/transformers-v5-notes in the shared docs: eval loss x2 with 2 processes otherwise).
+    # The forwards return a plain mean loss: Trainer must not rescale it by the number of processes.
     accepts_loss_kwargs = False
 
     @torch.no_grad()
@@ -376,13 +402,14 @@ class MMEmotionPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, VideoLlamaVideoEncoder):
+            # Learned queries take their Q-Former's range, as BLIP-2's do.
             init.normal_(module.query_tokens, mean=0.0, std=module.config.qformer_config.initializer_range)
             init.normal_(module.video_query_tokens, mean=0.0, std=module.config.video_qformer_config.initializer_range)
         elif isinstance(module, VideoLlamaAudioEncoder):
             init.normal_(module.audio_query_tokens, mean=0.0, std=module.config.audio_qformer_config.initializer_range)
         elif isinstance(module, ImageBindAudioEmbeddings):
-            init.trunc_normal_(module.cls_token, std=0.02)
-            init.trunc_normal_(module.position_embedding, std=0.02)
+            init.trunc_normal_(module.cls_token, std=std)
+            init.trunc_normal_(module.position_embedding, std=std)
         elif isinstance(module, MMEmotionModel):
             init.normal_(module.missing_modality_embeds, mean=0.0, std=std)
 
@@ -409,10 +436,11 @@ class MMEmotionPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if kwargs.get("output_loading_info") else loaded
         # transformers loads every weight as a trainable parameter: freeze the frozen encoders again, as `__init__` did.
         model.base_model.freeze_encoders()
-        return model
+        return loaded
 
 
 class MMEmotionModel(MMEmotionPreTrainedModel):
@@ -427,6 +455,7 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
             self.video_encoder = VideoLlamaVideoEncoder(config.video_config)
         if "audio" in self.modalities:
             self.audio_encoder = VideoLlamaAudioEncoder(config.audio_config)
+        # The fusion's weights (`fuse`), under the names every saved checkpoint has.
         self.poolers = nn.ModuleDict(
             {modality: MMEmotionModalityPooler(config, config.modality_hidden_size(modality)) for modality in self.modalities}
         )
@@ -461,51 +490,84 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
                 self.encoder(modality).eval()
         return self
 
-    def _run_encoder(self, modality: str, *inputs: torch.Tensor) -> torch.Tensor:
-        # A frozen encoder may run in half precision beside a float32 head: pixel values and filterbanks follow it.
-        dtype = next(self.encoder(modality).parameters()).dtype
-        inputs = [item.to(dtype) if item is not None and item.is_floating_point() else item for item in inputs]
-        if self.is_encoder_frozen(modality):
-            with torch.no_grad():
-                return self.encoder(modality)(*inputs)
-        return self.encoder(modality)(*inputs)
+    def get_text_features(
+        self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None
+    ) -> torch.FloatTensor:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Token ids (the processor's).
+        attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            1 for real tokens; read by a contextual text model (`text_embedding="last_hidden_state"`).
 
-    def get_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None) -> torch.Tensor:
-        """The text encoder's token states (batch_size, sequence_length, text width): what a feature cache stores."""
-        return self._run_encoder("text", input_ids, attention_mask)
-
-    def _get_item_features(
-        self, modality: str, values: torch.Tensor, inner_mask: torch.Tensor | None, item_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        # Items without the modality (`item_mask` 0) are not encoded; their features are zeros.
-        present = torch.ones(values.shape[0], dtype=torch.bool, device=values.device) if item_mask is None else item_mask.bool()
-        num_queries = (
-            self.config.video_config.num_video_query_tokens if modality == "video" else self.config.audio_config.num_audio_query_tokens
-        )
-        encoded = values.new_zeros(values.shape[0], num_queries, self.config.modality_hidden_size(modality))
-        if present.any():
-            encoded[present] = self._run_encoder(
-                modality, values[present], None if inner_mask is None else inner_mask[present]
-            ).to(encoded.dtype)
-        return encoded
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`: the text encoder's token
+            states, what a feature cache stores.
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.is_encoder_frozen("text")):
+            return self.text_encoder(input_ids, attention_mask)
 
     def get_video_features(
         self,
         pixel_values_videos: torch.FloatTensor,
         video_frame_mask: torch.LongTensor | None = None,
         video_mask: torch.LongTensor | None = None,
-    ) -> torch.Tensor:
-        """The video branch's query outputs (batch_size, num_video_query_tokens, projection width)."""
-        return self._get_item_features("video", pixel_values_videos, video_frame_mask, video_mask)
+    ) -> torch.FloatTensor:
+        r"""
+        pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`):
+            Normalised frames, zero-padded past each clip's frame count.
+        video_frame_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`, *optional*):
+            1 for real frames.
+        video_mask (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            0 for the items without a usable clip: they are not encoded, and their features are zeros.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_video_query_tokens, llm_hidden_size)`: the video branch's
+            query outputs, what a feature cache stores.
+        """
+        video_config = self.config.video_config
+        batch_size = pixel_values_videos.shape[0]
+        has_video = pixel_values_videos.new_ones(batch_size, dtype=torch.bool) if video_mask is None else video_mask.bool()
+        video_features = pixel_values_videos.new_zeros(
+            batch_size, video_config.num_video_query_tokens, video_config.llm_hidden_size
+        )
+        if not has_video.any():
+            return video_features
+        # A frozen encoder may run in half precision beside a float32 head: the frames take its dtype.
+        frames = pixel_values_videos[has_video].to(next(self.video_encoder.parameters()).dtype)
+        frame_mask = None if video_frame_mask is None else video_frame_mask[has_video]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.is_encoder_frozen("video")):
+            video_features[has_video] = self.video_encoder(frames, frame_mask).to(video_features.dtype)
+        return video_features
 
     def get_audio_features(
         self,
         audio_values: torch.FloatTensor,
         audio_clip_mask: torch.LongTensor | None = None,
         audio_mask: torch.LongTensor | None = None,
-    ) -> torch.Tensor:
-        """The audio branch's query outputs (batch_size, num_audio_query_tokens, projection width)."""
-        return self._get_item_features("audio", audio_values, audio_clip_mask, audio_mask)
+    ) -> torch.FloatTensor:
+        r"""
+        audio_values (`torch.FloatTensor` of shape `(batch_size, num_clips, 1, num_mel_bins, target_length)`):
+            Normalised filterbank clips, zero-padded past each item's clip count.
+        audio_clip_mask (`torch.LongTensor` of shape `(batch_size, num_clips)`, *optional*):
+            1 for real clips.
+        audio_mask (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            0 for the items without audio (no clip, no audio track): they are not encoded, and their features are zeros.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_audio_query_tokens, llm_hidden_size)`: the audio branch's
+            query outputs, what a feature cache stores.
+        """
+        audio_config = self.config.audio_config
+        batch_size = audio_values.shape[0]
+        has_audio = audio_values.new_ones(batch_size, dtype=torch.bool) if audio_mask is None else audio_mask.bool()
+        audio_features = audio_values.new_zeros(batch_size, audio_config.num_audio_query_tokens, audio_config.llm_hidden_size)
+        if not has_audio.any():
+            return audio_features
+        clips = audio_values[has_audio].to(next(self.audio_encoder.parameters()).dtype)
+        clip_mask = None if audio_clip_mask is None else audio_clip_mask[has_audio]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.is_encoder_frozen("audio")):
+            audio_features[has_audio] = self.audio_encoder(clips, clip_mask).to(audio_features.dtype)
+        return audio_features
 
     def encode_modalities(
         self,
@@ -529,6 +591,60 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
             features["audio_features"] = self.get_audio_features(audio_values, audio_clip_mask, audio_mask)
         return features
 
+    def fuse(
+        self,
+        features: dict[str, torch.Tensor | None],
+        token_masks: dict[str, torch.Tensor | None],
+        item_masks: dict[str, torch.Tensor | None],
+    ) -> tuple[torch.FloatTensor, torch.BoolTensor]:
+        """
+        The fusion: each modality's features pooled to one vector by its pooler (over the real tokens of the items that
+        have the modality), and the modality's learned missing vector for the items that do not.
+
+        Args:
+            features (`dict[str, torch.FloatTensor]`):
+                `(batch_size, num_tokens, hidden_size)` token features per modality, `None` for a branch without input.
+            token_masks (`dict[str, torch.LongTensor]`):
+                `(batch_size, num_tokens)` masks of the tokens to pool; a modality without one pools every token.
+            item_masks (`dict[str, torch.LongTensor]`):
+                `(batch_size,)` masks, 0 for the items without the modality; `None` when every item has it.
+
+        Returns:
+            The `(batch_size, num_modalities, projection_size)` modality vectors in `config.modalities` order and the
+            `(batch_size, num_modalities)` mask of the modalities each item has.
+        """
+        given = next(value for value in features.values() if value is not None)
+        batch_size, device = given.shape[0], given.device
+        pooled, present = [], []
+        for modality in self.modalities:
+            modality_features = features[modality]
+            if modality_features is None:
+                # A branch without inputs is absent for every item: it contributes its learned missing vector.
+                logger.warning_once(
+                    f"The model has a {modality} branch but got no {modality} input: {modality} is treated as absent "
+                    f"for every item. To use it, pass `{PROCESSOR_ARGUMENTS[modality]}=` to the processor "
+                    f"or `{modality}_features`."
+                )
+                pooled.append(self.missing_modality_embeds.new_zeros(batch_size, self.config.projection_size))
+                present.append(torch.zeros(batch_size, dtype=torch.bool, device=device))
+                continue
+            token_mask = token_masks.get(modality)
+            if token_mask is None:
+                token_mask = torch.ones(modality_features.shape[:2], dtype=torch.long, device=modality_features.device)
+            item_present = token_mask.bool().any(dim=1)
+            if item_masks.get(modality) is not None:
+                item_present = item_present & item_masks[modality].bool()
+            pooler = self.poolers[modality]
+            # Features of half-precision encoders (or cache) enter the head in the head's dtype.
+            modality_features = modality_features.to(pooler.projection.weight.dtype)
+            pooled.append(pooler(modality_features, token_mask * item_present[:, None]))
+            present.append(item_present)
+
+        modality_mask = torch.stack(present, dim=1)
+        modality_embeds = torch.stack(pooled, dim=1)
+        missing = self.missing_modality_embeds.to(modality_embeds.dtype).expand_as(modality_embeds)
+        return torch.where(modality_mask[..., None], modality_embeds, missing), modality_mask
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -544,76 +660,48 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
         text_features: torch.FloatTensor | None = None,
         video_features: torch.FloatTensor | None = None,
         audio_features: torch.FloatTensor | None = None,
-        **kwargs,
     ) -> MMEmotionModelOutput:
         r"""
-        Takes the keys of `MMEmotionProcessor`'s output, or precomputed encoder outputs (`text_features` with
-        `attention_mask`, `video_features`, `audio_features`, as `encode_modalities` returns them) in place of the
-        raw inputs of a modality. `text_mask`, `video_mask` and `audio_mask` (batch_size,) mark the items that have
-        the modality; an absent modality contributes the learned missing vector, never zeros. `text_target_mask`
-        (batch_size, sequence_length), from a processor with a context window, marks the tokens of the target utterance:
-        the encoder reads the whole window and the text pooling only these tokens.
+        input_ids, attention_mask, pixel_values_videos, video_frame_mask, audio_values, audio_clip_mask:
+            The processor's outputs; see `get_text_features`, `get_video_features` and `get_audio_features`.
+        text_mask, video_mask, audio_mask (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            0 for the items without the modality (empty transcript, no clip, no audio track): they get the modality's
+            learned missing vector, never zeros.
+        text_target_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            From a processor with a context window: 1 on the target utterance's tokens. The text encoder reads the
+            whole window, the text pooling only these tokens.
+        text_features, video_features, audio_features (`torch.FloatTensor`, *optional*):
+            Precomputed outputs of `get_{modality}_features` (a feature cache), used instead of the raw inputs of that
+            modality; `text_features` come with their `attention_mask`.
         """
-        features = {"text_features": text_features, "video_features": video_features, "audio_features": audio_features}
-        raw_inputs = {
-            "input_ids": input_ids if text_features is None else None,
-            "attention_mask": attention_mask,
-            "pixel_values_videos": pixel_values_videos if video_features is None else None,
-            "video_frame_mask": video_frame_mask,
-            "video_mask": video_mask,
-            "audio_values": audio_values if audio_features is None else None,
-            "audio_clip_mask": audio_clip_mask,
-            "audio_mask": audio_mask,
-        }
-        features.update(self.encode_modalities(**raw_inputs))
-        item_masks = {"text": text_mask, "video": video_mask, "audio": audio_mask}
-
-        given = [value for value in features.values() if value is not None]
-        if not given:
+        if text_features is None and input_ids is not None and "text" in self.modalities:
+            text_features = self.get_text_features(input_ids, attention_mask)
+        if video_features is None and pixel_values_videos is not None and "video" in self.modalities:
+            video_features = self.get_video_features(pixel_values_videos, video_frame_mask, video_mask)
+        if audio_features is None and audio_values is not None and "audio" in self.modalities:
+            audio_features = self.get_audio_features(audio_values, audio_clip_mask, audio_mask)
+        features = {"text": text_features, "video": video_features, "audio": audio_features}
+        if all(value is None for value in features.values()):
             raise ValueError(
                 f"The model got no input for any of its branches {self.modalities}: pass the processor's outputs "
                 "(`input_ids`, `pixel_values_videos`, `audio_values`) or the cached `*_features`."
             )
-        batch_size, device = given[0].shape[0], given[0].device
 
-        pooled, present = [], []
-        for modality in self.modalities:
-            modality_features = features[f"{modality}_features"]
-            if modality_features is None:
-                # A branch without inputs is absent for every item: it contributes its learned missing vector.
-                logger.warning_once(
-                    f"The model has a {modality} branch but got no {modality} input: {modality} is treated as absent "
-                    f"for every item. To use it, pass `{PROCESSOR_ARGUMENTS[modality]}=` to the processor "
-                    f"or `{modality}_features`."
-                )
-                pooled.append(self.missing_modality_embeds.new_zeros(batch_size, self.config.projection_size))
-                present.append(torch.zeros(batch_size, dtype=torch.bool, device=device))
-                continue
-            length = modality_features.shape[1]
-            token_mask = torch.ones(batch_size, length, dtype=torch.long, device=modality_features.device)
-            if modality == "text" and attention_mask is not None:
-                token_mask = attention_mask if text_target_mask is None else attention_mask * text_target_mask
-            item_mask = item_masks[modality]
-            item_present = token_mask.bool().any(dim=1)
-            if item_mask is not None:
-                item_present = item_present & item_mask.bool()
-            pooler = self.poolers[modality]
-            # Features of half-precision encoders (or cache) enter the head in the head's dtype.
-            modality_features = modality_features.to(pooler.projection.weight.dtype)
-            pooled.append(pooler(modality_features, token_mask * item_present[:, None]))
-            present.append(item_present)
-
-        modality_mask = torch.stack(present, dim=1)
-        modality_embeds = torch.stack(pooled, dim=1)
-        missing = self.missing_modality_embeds.to(modality_embeds.dtype).expand_as(modality_embeds)
-        modality_embeds = torch.where(modality_mask[..., None], modality_embeds, missing)
+        text_token_mask = attention_mask
+        if attention_mask is not None and text_target_mask is not None:
+            text_token_mask = attention_mask * text_target_mask
+        modality_embeds, modality_mask = self.fuse(
+            features,
+            token_masks={"text": text_token_mask},
+            item_masks={"text": text_mask, "video": video_mask, "audio": audio_mask},
+        )
         return MMEmotionModelOutput(
-            pooler_output=modality_embeds.flatten(1),
+            pooler_output=modality_embeds.flatten(1),  # (batch_size, num_modalities * projection_size)
             modality_embeds=modality_embeds,
             modality_mask=modality_mask.long(),
-            text_features=features["text_features"],
-            video_features=features["video_features"],
-            audio_features=features["audio_features"],
+            text_features=text_features,
+            video_features=video_features,
+            audio_features=audio_features,
         )
 
 
@@ -643,41 +731,40 @@ class MMEmotionForEmotionClassification(MMEmotionPreTrainedModel):
     def get_input_embeddings(self):
         return self.mmemotion.get_input_embeddings()
 
-    def forward(self, labels: torch.LongTensor | None = None, **inputs) -> MMEmotionClassifierOutput:
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        text_mask: torch.LongTensor | None = None,
+        text_target_mask: torch.LongTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_frame_mask: torch.LongTensor | None = None,
+        video_mask: torch.LongTensor | None = None,
+        audio_values: torch.FloatTensor | None = None,
+        audio_clip_mask: torch.LongTensor | None = None,
+        audio_mask: torch.LongTensor | None = None,
+        text_features: torch.FloatTensor | None = None,
+        video_features: torch.FloatTensor | None = None,
+        audio_features: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+    ) -> MMEmotionClassifierOutput:
         r"""
+        The inputs of `MMEmotionModel.forward`, and:
+
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Emotion ids in `[0, num_labels)`; -100 is ignored. Every other keyword is passed to `MMEmotionModel`.
+            Emotion ids in `[0, num_labels)`; -100 is ignored.
         """
-        outputs = self.mmemotion(**inputs)
+        outputs = self.mmemotion(
+            input_ids=input_ids, attention_mask=attention_mask, text_mask=text_mask, text_target_mask=text_target_mask,
+            pixel_values_videos=pixel_values_videos, video_frame_mask=video_frame_mask, video_mask=video_mask,
+            audio_values=audio_values, audio_clip_mask=audio_clip_mask, audio_mask=audio_mask,
+            text_features=text_features, video_features=video_features, audio_features=audio_features,
+        )  # fmt: skip
         logits = self.classifier(outputs.pooler_output)
         loss = None if labels is None else _emotion_cross_entropy(logits, labels, self.config)
         return MMEmotionClassifierOutput(
             loss=loss, logits=logits, pooler_output=outputs.pooler_output, modality_mask=outputs.modality_mask
         )
-
-
-@dataclass
-class MMEmotionEmotionCauseOutput(ModelOutput):
-    r"""
-    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` or `cause_labels` is provided):
-        `emotion_loss_weight` x the emotion cross-entropy + `cause_loss_weight` x the pair binary cross-entropy.
-    emotion_logits (`torch.FloatTensor` of shape `(num_conversations, max_utterances, num_labels)`):
-        Emotion scores of every utterance, computed from its context-aware state. Rows of padding utterances are
-        meaningless.
-    cause_logits (`torch.FloatTensor` of shape `(num_conversations, max_utterances, max_utterances)`):
-        `cause_logits[c, i, j]` scores "utterance j causes the emotion of utterance i". Pairs farther apart than
-        `config.cause_window` or touching a padding utterance hold the dtype's lowest value (probability 0).
-    utterance_states (`torch.FloatTensor` of shape `(num_conversations, max_utterances, context_hidden_size)`):
-        Output of the conversation encoder (zeros at padding utterances).
-    utterance_embeds (`torch.FloatTensor` of shape `(num_conversations, max_utterances, num_modalities * projection_size)`):
-        The fused vector of each utterance, before the conversation encoder (zeros at padding utterances).
-    """
-
-    loss: torch.FloatTensor | None = None
-    emotion_logits: torch.FloatTensor | None = None
-    cause_logits: torch.FloatTensor | None = None
-    utterance_states: torch.FloatTensor | None = None
-    utterance_embeds: torch.FloatTensor | None = None
 
 
 def _sinusoidal_positions(num_positions: int, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -810,22 +897,8 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
     encoder; the context states give the emotion logits and, with the emotion distributions, the pair logits.
     """
 
-    # Keyword inputs of `MMEmotionModel`, given here with a leading (num_conversations, max_utterances) shape.
-    utterance_input_names = (
-        "input_ids",
-        "attention_mask",
-        "text_mask",
-        "text_target_mask",
-        "pixel_values_videos",
-        "video_frame_mask",
-        "video_mask",
-        "audio_values",
-        "audio_clip_mask",
-        "audio_mask",
-        "text_features",
-        "video_features",
-        "audio_features",
-    )
+    # The inputs of `MMEmotionModel`, given here with a leading (num_conversations, max_utterances) shape.
+    utterance_input_names = tuple(inspect.signature(MMEmotionModel.forward).parameters)[1:]
 
     def __init__(self, config: MMEmotionConfig):
         super().__init__(config)
@@ -847,14 +920,31 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
     def forward(
         self,
         utterance_mask: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        text_mask: torch.LongTensor | None = None,
+        text_target_mask: torch.LongTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_frame_mask: torch.LongTensor | None = None,
+        video_mask: torch.LongTensor | None = None,
+        audio_values: torch.FloatTensor | None = None,
+        audio_clip_mask: torch.LongTensor | None = None,
+        audio_mask: torch.LongTensor | None = None,
+        text_features: torch.FloatTensor | None = None,
+        video_features: torch.FloatTensor | None = None,
+        audio_features: torch.FloatTensor | None = None,
         speaker_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         cause_labels: torch.LongTensor | None = None,
-        **inputs,
+        conversation_id: torch.LongTensor | None = None,
     ) -> MMEmotionEmotionCauseOutput:
         r"""
         utterance_mask (`torch.LongTensor` of shape `(num_conversations, max_utterances)`):
             1 for real utterances, which come first in each conversation; every conversation has at least one.
+        input_ids, attention_mask, text_mask, text_target_mask, pixel_values_videos, video_frame_mask, video_mask,
+        audio_values, audio_clip_mask, audio_mask, text_features, video_features, audio_features:
+            The inputs of `MMEmotionModel.forward` (`utterance_input_names`), each with a leading
+            `(num_conversations, max_utterances)` shape; padding utterances are never encoded.
         speaker_ids (`torch.LongTensor` of shape `(num_conversations, max_utterances)`, *optional*):
             Speaker number of each utterance within its conversation (0, 1, ... in order of first appearance).
             Defaults to one speaker.
@@ -867,22 +957,23 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
             utterances predicted non-neutral, and a neutral row (no cause by definition) would add a row of negatives
             that teaches nothing about which candidate is the cause. The positive pairs are weighted by
             `config.cause_positive_weight`, or by the batch's ratio of negatives to positives when it is `None`.
-        inputs:
-            The utterance-level inputs of `MMEmotionModel` (`utterance_input_names`: the processor's keys or the cached
-            `text_features` / `video_features` / `audio_features`), each with a leading `(num_conversations,
-            max_utterances)` shape; their padding utterances are never encoded. Other keywords are ignored.
+        conversation_id (`torch.LongTensor` of shape `(num_conversations,)`, *optional*):
+            Not read: the id `ConversationCollator` keeps in each batch to match the predictions to the conversations.
         """
         utterance_mask = utterance_mask.bool()
         lengths = utterance_mask.sum(dim=1)
         positions = torch.arange(utterance_mask.shape[1], device=utterance_mask.device)
         if not torch.equal(utterance_mask, positions[None, :] < lengths[:, None]) or not bool((lengths > 0).all()):
             raise ValueError("`utterance_mask` must mark at least one utterance per conversation, real utterances first.")
-        flat_inputs = {
-            name: value[utterance_mask]
-            for name, value in inputs.items()
-            if name in self.utterance_input_names and value is not None
-        }
-        utterance_embeds = _scatter_rows(self.mmemotion(**flat_inputs).pooler_output, utterance_mask)
+        utterance_inputs = dict(
+            input_ids=input_ids, attention_mask=attention_mask, text_mask=text_mask, text_target_mask=text_target_mask,
+            pixel_values_videos=pixel_values_videos, video_frame_mask=video_frame_mask, video_mask=video_mask,
+            audio_values=audio_values, audio_clip_mask=audio_clip_mask, audio_mask=audio_mask,
+            text_features=text_features, video_features=video_features, audio_features=audio_features,
+        )  # fmt: skip
+        # Only the real utterances are encoded, as one flat batch.
+        flat_inputs = {name: value[utterance_mask] for name, value in utterance_inputs.items() if value is not None}
+        utterance_embeds = _scatter_rows(self.mmemotion(**flat_inputs).pooler_output, utterance_mask)  # (C, U, fused size)
         if speaker_ids is None:
             speaker_ids = torch.zeros_like(utterance_mask, dtype=torch.long)
         utterance_states = self.context_encoder(utterance_embeds, speaker_ids, utterance_mask)

@@ -69,10 +69,11 @@ class EmotionCauseExtractionPipeline(Pipeline):
         return super().__call__(list(inputs), **kwargs)
 
     def preprocess(self, conversation):
-        if self.predicts_causes:
-            return self.processor(conversations=[conversation], return_tensors="pt")
-        # `conversations_to_inputs` checks the utterances and reads the media; the utterance model takes them flat.
+        # `conversations=` checks the utterances and reads the media, for both models.
         inputs = self.processor(conversations=[conversation], return_tensors="pt")
+        if self.predicts_causes:
+            return inputs
+        # The utterance model takes the utterances flat.
         return {key: value[0] for key, value in inputs.items() if key not in ("utterance_mask", "speaker_ids")}
 
     def _forward(self, model_inputs):

@@ -14,12 +14,12 @@
 """
 Processor class for MMEmotion: a tokenizer plus VideoLLaMA (v1) video and ImageBind audio preprocessing.
 
-`MMEmotionProcessor(text=..., videos=..., audio=...)` returns a `BatchFeature` with the keys of
-`docs/architecture.md`: `input_ids`, `attention_mask`, `text_mask`, `pixel_values_videos`, `video_frame_mask`,
-`video_mask`, `audio_values`, `audio_clip_mask`, `audio_mask` (only those of the modalities passed).
+`MMEmotionProcessor(text=..., videos=..., audio=...)` returns a `BatchFeature` with `input_ids`, `attention_mask`,
+`text_mask`, `pixel_values_videos`, `video_frame_mask`, `video_mask`, `audio_values`, `audio_clip_mask`, `audio_mask`
+(only those of the modalities passed).
 
 Bad input never ends in a decoder traceback: it raises one of the errors below, or masks the item's modality and
-logs a warning (table kept in sync with `docs/bad-input.md`):
+logs a warning:
 
 | input | result |
 |---|---|
@@ -49,6 +49,7 @@ import torch
 
 from transformers.audio_utils import mel_filter_bank, window_function
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import TensorType, logging
 
@@ -78,10 +79,6 @@ if is_vision_available():
 
 
 logger = logging.get_logger(__name__)
-
-# OpenAI CLIP statistics, used by the EVA ViT of BLIP-2 / VideoLLaMA.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Kaldi filterbank framing used by ImageBind (torchaudio.compliance.kaldi.fbank defaults).
 FRAME_LENGTH_MS = 25.0
@@ -117,36 +114,6 @@ def _decoders_to_try(decoder: str) -> list[str]:
     return decoders
 
 
-def _decode_or_mask(path: str, decoder: str, readers: dict, modality: str) -> np.ndarray | None:
-    """
-    Reads the `modality` ("video" or "audio") of the file `path` with `readers[name](path)`, trying each decoder in
-    turn until one succeeds.
-
-    Returns:
-        The decoded array, or `None` after a warning naming the file when it has no such stream or no decoder can
-        read it.
-
-    Raises:
-        `FileNotFoundError`: when `path` does not exist.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No such media file: {path!r}")
-    errors = []
-    for name in _decoders_to_try(decoder):
-        try:
-            return readers[name](path)
-        except MissingStreamError:
-            # A fact about the file: no other decoder will find the stream either.
-            logger.warning(f"{path!r} has no {modality} stream; its {modality} is masked.")
-            return None
-        except Exception as error:  # decoders raise many library-specific types; report them all the same way
-            message = str(error).strip().splitlines()
-            errors.append(f"{name}: {message[0] if message else type(error).__name__}")
-            logger.info(f"{name} could not read {path!r}: {error}")
-    logger.warning(f"Could not decode the {modality} of {path!r} ({'; '.join(errors)}); its {modality} is masked.")
-    return None
-
-
 def _is_path(item) -> bool:
     return isinstance(item, (str, os.PathLike))
 
@@ -171,18 +138,62 @@ def _pad_items(items: list, default_length: int, item_shape: tuple) -> tuple[np.
     return values, length_mask, item_mask
 
 
-class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
+class _MediaFeatureExtractor(FeatureExtractionMixin):
+    """
+    What the video and audio feature extractors share: reading one stream of a media file with decord, PyAV as the
+    fallback. Not transformers' `load_video` / `load_audio`: their readers cannot have the decoder scale the frames,
+    fail on a file without the stream or on a header without a frame count, and read mp4 audio only with torchcodec.
+    """
+
+    # The stream read ("video" or "audio"), as the warnings name it; subclasses read it in `_read_with_decord(path)`
+    # and `_read_with_pyav(path)`, raising `MissingStreamError` when the file has none.
+    modality: str
+
+    def _read_file(self, path: str | os.PathLike) -> np.ndarray | None:
+        """
+        Reads the `modality` stream of the file `path`, trying each decoder in turn until one succeeds.
+
+        Returns:
+            The decoded array, or `None` after a warning naming the file when it has no such stream or no decoder can
+            read it.
+
+        Raises:
+            `FileNotFoundError`: when `path` does not exist.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No such media file: {path!r}")
+        readers = {"decord": self._read_with_decord, "pyav": self._read_with_pyav}
+        errors = []
+        for name in _decoders_to_try(self.decoder):
+            try:
+                return readers[name](path)
+            except MissingStreamError:
+                # A fact about the file: no other decoder will find the stream either.
+                logger.warning(f"{path!r} has no {self.modality} stream; its {self.modality} is masked.")
+                return None
+            except Exception as error:  # decoders raise many library-specific types; report them all the same way
+                message = str(error).strip().splitlines()
+                errors.append(f"{name}: {message[0] if message else type(error).__name__}")
+                logger.info(f"{name} could not read {path!r}: {error}")
+        logger.warning(
+            f"Could not decode the {self.modality} of {path!r} ({'; '.join(errors)}); its {self.modality} is masked."
+        )
+        return None
+
+
+class MMEmotionVideoFeatureExtractor(_MediaFeatureExtractor):
     r"""
     Constructs a VideoLLaMA (v1) video feature extractor.
 
     Samples `num_frames` frames uniformly (`np.arange(0, vlen, vlen / n).astype(int)` with `n = min(num_frames,
     vlen)`, as VideoLLaMA does), resizes them straight to `size` (no crop, aspect ratio not kept), rescales to [0, 1]
-    and normalises with the CLIP mean and standard deviation.
+    and normalises with OpenAI CLIP's mean and standard deviation (those of BLIP-2's EVA ViT).
 
     By default the decoder's own scaler resizes, as the VideoLLaMA loader does (`decord.VideoReader(path, width=224,
     height=224)`, then normalisation only): FFmpeg's swscale with bilinear filtering (the `scale` filter's default in
-    the FFmpeg decord bundles; PyAV is asked for the same). It is also the fast path: only small RGB frames are made
-    (`benchmarks/results/speed-work.md`). Frames given as arrays are resized by torch (bicubic).
+    the FFmpeg decord bundles; PyAV is asked for the same). It is also the fast path: only small RGB frames are made.
+    Frames given as arrays are resized by torch (bicubic).
 
     Args:
         num_frames (`int`, *optional*, defaults to 8):
@@ -191,9 +202,9 @@ class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
             Output frame size.
         rescale_factor (`float`, *optional*, defaults to `1 / 255`):
             Factor applied to the pixel values before normalisation.
-        image_mean (`list[float]`, *optional*, defaults to the CLIP mean):
+        image_mean (`list[float]`, *optional*, defaults to `OPENAI_CLIP_MEAN`):
             Per-channel mean subtracted after rescaling.
-        image_std (`list[float]`, *optional*, defaults to the CLIP standard deviation):
+        image_std (`list[float]`, *optional*, defaults to `OPENAI_CLIP_STD`):
             Per-channel standard deviation divided by after rescaling.
         decoder (`str`, *optional*, defaults to `"auto"`):
             `"decord"`, `"pyav"`, or `"auto"` (decord when installed, PyAV when decord is missing or fails on a file).
@@ -203,6 +214,7 @@ class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
     """
 
     model_input_names = ["pixel_values_videos", "video_frame_mask", "video_mask"]
+    modality = "video"
 
     def __init__(
         self,
@@ -220,13 +232,17 @@ class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
         self.num_frames = num_frames
         self.size = dict(size) if size is not None else {"height": 224, "width": 224}
         self.rescale_factor = rescale_factor
-        self.image_mean = list(image_mean) if image_mean is not None else list(CLIP_MEAN)
-        self.image_std = list(image_std) if image_std is not None else list(CLIP_STD)
+        self.image_mean = list(image_mean) if image_mean is not None else list(OPENAI_CLIP_MEAN)
+        self.image_std = list(image_std) if image_std is not None else list(OPENAI_CLIP_STD)
         self.decoder = decoder
         self.resize_in_decoder = resize_in_decoder
 
     def sample_frame_indices(self, num_total_frames: int) -> np.ndarray:
-        """The indices of the frames kept out of `num_total_frames`, spread uniformly as VideoLLaMA does."""
+        """
+        The indices of the frames kept out of `num_total_frames`, spread uniformly as VideoLLaMA does. Not transformers'
+        `default_sample_indices_fn`: its integer steps pick other frames than VideoLLaMA's float ones for some counts
+        (frame 61 instead of 60 when sampling 14 of 122).
+        """
         num_sampled = min(self.num_frames, num_total_frames)
         if num_sampled == 0:
             return np.zeros(0, dtype=np.int64)
@@ -239,7 +255,7 @@ class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
             return self.size["width"], self.size["height"]
         return None, None
 
-    def _read_frames_with_decord(self, path: str) -> np.ndarray:
+    def _read_with_decord(self, path: str) -> np.ndarray:
         width, height = self._decoder_size()
         reader = decord.VideoReader(path, ctx=decord.cpu(0), width=width or -1, height=height or -1)
         indices = self.sample_frame_indices(len(reader))
@@ -248,7 +264,7 @@ class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
         # Only the sampled frames are decoded (decord seeks to key frames).
         return reader.get_batch(indices.tolist()).asnumpy()
 
-    def _read_frames_with_pyav(self, path: str, num_total_frames: int | None = None) -> np.ndarray:
+    def _read_with_pyav(self, path: str, num_total_frames: int | None = None) -> np.ndarray:
         width, height = self._decoder_size()
         with av.open(path) as container:
             if not container.streams.video:
@@ -271,7 +287,7 @@ class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
                     break
         if len(frames) < len(wanted):
             # The header over-counted the frames: sample again over the frames that exist.
-            return self._read_frames_with_pyav(path, num_total_frames=num_decoded)
+            return self._read_with_pyav(path, num_total_frames=num_decoded)
         return np.stack(frames) if frames else np.zeros((0, 1, 1, 3), dtype=np.uint8)
 
     def fetch_frames(self, video) -> np.ndarray | None:
@@ -288,13 +304,9 @@ class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
         if video is None:
             return None
         if _is_path(video):
-            path = os.fspath(video)
-            readers = {"decord": self._read_frames_with_decord, "pyav": self._read_frames_with_pyav}
-            frames = _decode_or_mask(path, self.decoder, readers, "video")
-            if frames is None:
-                return None
-            if len(frames) == 0:
-                logger.warning(f"The video of {path!r} has no frames; its video is masked.")
+            frames = self._read_file(video)
+            if frames is not None and len(frames) == 0:
+                logger.warning(f"The video of {os.fspath(video)!r} has no frames; its video is masked.")
                 return None
             return frames
         frames = self._frames_from_array(video)
@@ -360,7 +372,7 @@ class MMEmotionVideoFeatureExtractor(FeatureExtractionMixin):
         return BatchFeature(self.pad([self.extract(video) for video in videos]), tensor_type=return_tensors)
 
 
-class MMEmotionAudioFeatureExtractor(FeatureExtractionMixin):
+class MMEmotionAudioFeatureExtractor(_MediaFeatureExtractor):
     r"""
     Constructs an ImageBind (VideoLLaMA audio branch) feature extractor.
 
@@ -368,7 +380,9 @@ class MMEmotionAudioFeatureExtractor(FeatureExtractionMixin):
     `ConstantClipsPerVideoSampler` (spread evenly over the audio; audio shorter than a clip gives the whole audio in
     every clip). Each clip minus its mean gives a Kaldi filterbank (Hanning window of 25 ms, 10 ms shift,
     `num_mel_bins` bins, no dither, no energy), right-padded with zeros or cut to `target_length` frames, then
-    normalised with `mean` and `std`: one (1, num_mel_bins, target_length) image per clip.
+    normalised with `mean` and `std`: one (1, num_mel_bins, target_length) image per clip. Each clip's image is the
+    transposed output of transformers' `ASTFeatureExtractor(num_mel_bins=num_mel_bins, max_length=target_length,
+    mean=mean, std=std / 2)` (AST divides by twice its `std`), computed faster (see `log_mel_filterbank`).
 
     Args:
         sampling_rate (`int`, *optional*, defaults to 16000):
@@ -390,6 +404,7 @@ class MMEmotionAudioFeatureExtractor(FeatureExtractionMixin):
     """
 
     model_input_names = ["audio_values", "audio_clip_mask", "audio_mask"]
+    modality = "audio"
 
     def __init__(
         self,
@@ -430,11 +445,11 @@ class MMEmotionAudioFeatureExtractor(FeatureExtractionMixin):
                 triangularize_in_mel_space=True,
             )
 
-    def _read_waveform_with_decord(self, path: str) -> np.ndarray:
+    def _read_with_decord(self, path: str) -> np.ndarray:
         reader = decord.AudioReader(path, ctx=decord.cpu(0), sample_rate=self.sampling_rate, mono=True)
         return reader[:].asnumpy().reshape(-1)
 
-    def _read_waveform_with_pyav(self, path: str) -> np.ndarray:
+    def _read_with_pyav(self, path: str) -> np.ndarray:
         with av.open(path) as container:
             if not container.streams.audio:
                 raise MissingStreamError("no audio stream")
@@ -462,12 +477,9 @@ class MMEmotionAudioFeatureExtractor(FeatureExtractionMixin):
         if audio is None:
             return None
         if _is_path(audio):
-            path = os.fspath(audio)
-            readers = {"decord": self._read_waveform_with_decord, "pyav": self._read_waveform_with_pyav}
-            waveform = _decode_or_mask(path, self.decoder, readers, "audio")
+            waveform, name = self._read_file(audio), repr(os.fspath(audio))
             if waveform is None:
                 return None
-            name = repr(path)
         else:
             waveform = self._resample(self._waveform_from_array(audio), sampling_rate)
             name = "a waveform array"
@@ -519,8 +531,8 @@ class MMEmotionAudioFeatureExtractor(FeatureExtractionMixin):
         Kaldi log-mel filterbank of one clip (as `torchaudio.compliance.kaldi.fbank` with ImageBind's settings),
         float32 (num_mel_bins, num_frames). The clip must hold at least one 25 ms window.
 
-        The arithmetic of transformers' `spectrogram` (float64 frames, complex64 spectrum) on all the frames at once
-        instead of one by one (`benchmarks/results/speed-work.md`).
+        Hand-written because `ASTFeatureExtractor` computes it with `spectrogram`, which loops over the frames in
+        Python: this is the same arithmetic (float64 frames, complex64 spectrum) on all the frames at once.
         """
         frame_length = len(self.window)
         hop_length = int(self.sampling_rate * FRAME_SHIFT_MS / 1000)
@@ -601,7 +613,10 @@ class MMEmotionAudioFeatureExtractor(FeatureExtractionMixin):
 
 
 def make_video_batch(videos) -> list:
-    """Wraps a single video (a path, a (T, H, W, 3) array or a list of frames) into a batch of one."""
+    """
+    Wraps a single video (a path, a (T, H, W, 3) array or a list of frames) into a batch of one. Not transformers'
+    `make_batched_videos`, which drops `None` items (a masked video) and `os.PathLike` paths.
+    """
     if _is_path(videos) or (hasattr(videos, "ndim") and videos.ndim == 4):
         return [videos]
     videos = list(videos)
@@ -613,7 +628,10 @@ def make_video_batch(videos) -> list:
 
 
 def make_audio_batch(audio) -> list:
-    """Wraps a single audio item (a path or a 1-D waveform) into a batch of one."""
+    """
+    Wraps a single audio item (a path or a 1-D waveform) into a batch of one. Not transformers' `make_list_of_audio`,
+    which rejects paths and `None` items (a masked audio).
+    """
     if _is_path(audio) or (hasattr(audio, "ndim") and audio.ndim == 1):
         return [audio]
     return list(audio)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import PreTrainedModel
 from transformers.audio_utils import spectrogram
+from transformers.image_utils import OPENAI_CLIP_STD
 
 from benchmarks.measure import (
     cuda_peak_mb,
@@ -32,7 +33,6 @@ from benchmarks.measure import (
 from configuration_mmemotion import MMEmotionConfig, MMEmotionVideoConfig
 from modeling_mmemotion import MMEmotionForEmotionClassification, VideoLlamaVideoEncoder
 from processing_mmemotion import (
-    CLIP_STD,
     FRAME_SHIFT_MS,
     KALDI_MEL_FLOOR,
     MMEmotionAudioFeatureExtractor,
@@ -75,6 +75,14 @@ def _tiny_processor_collator():
         return processor(text=[TRANSCRIPT] * len(paths), videos=paths)
 
     return processor, collate
+
+
+# The processor outputs each branch's `MMEmotionModel.get_{modality}_features` reads, in its argument order.
+BRANCH_INPUTS = {
+    "text": ("input_ids", "attention_mask"),
+    "video": ("pixel_values_videos", "video_frame_mask", "video_mask"),
+    "audio": ("audio_values", "audio_clip_mask", "audio_mask"),
+}
 
 
 def synthetic_batch(
@@ -201,7 +209,7 @@ def frame_difference(clip: str) -> list[dict]:
             resize: MMEmotionVideoFeatureExtractor(decoder=decoder, resize_in_decoder=resize).extract(clip)
             for resize in (False, True)
         }
-        difference = np.abs(frames[True] - frames[False]) * 255 * np.array(CLIP_STD).reshape(1, 3, 1, 1)
+        difference = np.abs(frames[True] - frames[False]) * 255 * np.array(OPENAI_CLIP_STD).reshape(1, 3, 1, 1)
         rows.append({"decoder": decoder, "mean_abs_levels": float(difference.mean()), "max_abs_levels": float(difference.max())})
     return rows
 
@@ -327,13 +335,9 @@ def encoder_forward(
     if not breakdown:
         return rows
     rows.append({**row, "part": "forward, no_grad", "utterances_per_s": forward_rate(batch, batch_size, torch.no_grad)})
-    for modality, keys in (
-        ("text", ["input_ids", "attention_mask"]),
-        ("video", ["pixel_values_videos", "video_frame_mask", "video_mask"]),
-        ("audio", ["audio_values", "audio_clip_mask", "audio_mask"]),
-    ):
-        branch = {key: batch[key] for key in keys}
-        rate = forward_rate(branch, batch_size, function=model.mmemotion.encode_modalities)
+    for modality in config.modalities:
+        branch = {key: batch[key] for key in BRANCH_INPUTS[modality]}
+        rate = forward_rate(branch, batch_size, function=getattr(model.mmemotion, f"get_{modality}_features"))
         rows.append({**row, "part": f"{modality} branch", "utterances_per_s": rate})
     return rows
 
@@ -425,7 +429,7 @@ def _head_parameters_trainable(model: MMEmotionForEmotionClassification) -> None
 
 def _feature_cache(model, raw_batches, device: str, text_live: bool) -> tuple[list[dict], float]:
     """
-    Encodes every batch once under `torch.inference_mode` (`encode_modalities`), keeping the features and masks the
+    Encodes every batch once under `torch.inference_mode` (`get_{modality}_features`), keeping the features and masks the
     head needs (the token ids instead of the text features when `text_live`). Returns the cache and the seconds the
     encoders took.
     """
@@ -434,7 +438,12 @@ def _feature_cache(model, raw_batches, device: str, text_live: bool) -> tuple[li
     for batch in raw_batches:
         start = time.perf_counter()
         with torch.inference_mode():
-            features = model.mmemotion.encode_modalities(**batch)
+            features = {
+                f"{modality}_features": getattr(model.mmemotion, f"get_{modality}_features")(
+                    *(batch[key] for key in BRANCH_INPUTS[modality])
+                )
+                for modality in model.config.modalities
+            }
         synchronize(device)
         seconds += time.perf_counter() - start
         kept = {key: batch[key] for key in ("attention_mask", "text_mask", "video_mask", "audio_mask") if key in batch}
@@ -560,9 +569,9 @@ def scaling_frames(clip: str, frame_counts: list[int], repeats: int) -> list[dic
         extractor = MMEmotionVideoFeatureExtractor(num_frames=num_frames, decoder="decord", resize_in_decoder=True)
         decode_rate = 1 / median_seconds(partial(extractor.extract, clip), repeats)
         batch = synthetic_batch(config, 8, num_frames=num_frames)
-        video = {key: batch[key] for key in ("pixel_values_videos", "video_frame_mask", "video_mask")}
+        video = {key: batch[key] for key in BRANCH_INPUTS["video"]}
         with torch.inference_mode():
-            forward_rate = 8 / median_seconds(partial(model.mmemotion.encode_modalities, **video), repeats)
+            forward_rate = 8 / median_seconds(partial(model.mmemotion.get_video_features, **video), repeats)
         rows.append({"frames": num_frames, "decode_clips_per_s": decode_rate, "video_branch_utterances_per_s": forward_rate})
     return rows
 

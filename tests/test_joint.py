@@ -176,7 +176,7 @@ def test_collator_serves_cached_features_like_raw_inputs():
         for row in raw_rows:
             utterances = row["utterances"]
             features = [
-                model.mmemotion.encode_modalities(input_ids=torch.tensor([ids]))["text_features"][0]
+                model.mmemotion.get_text_features(torch.tensor([ids]))[0]
                 for ids in utterances["input_ids"]
             ]
             cached_rows.append({**row, "utterances": {"text_features": features, "attention_mask": utterances["attention_mask"]}})
@@ -448,7 +448,7 @@ def cached_feature_dataset(model, num_conversations, seed, first_id):
     conversations, utterances, references = synthetic_conversations(num_conversations, seed, first_id)
     with torch.no_grad():
         features = [
-            model.mmemotion.encode_modalities(input_ids=torch.tensor([ids]))["text_features"][0].numpy()
+            model.mmemotion.get_text_features(torch.tensor([ids]))[0].numpy()
             for ids in utterances["input_ids"]
         ]
     utterance_inputs = datasets.Dataset.from_dict({

