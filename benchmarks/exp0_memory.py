@@ -83,10 +83,10 @@ def exp0_config() -> MMEmotionConfig:
     return build_config(base, base.get("modalities") or list(MODALITIES), LLAMA_2_13B.hidden_size, LLAMA_2_13B)
 
 
-def write_converted_folder(folder: str, dtype: torch.dtype) -> int:
-    """Writes an exp0 folder in the converter's layout with zero weights of `dtype`; returns the weights' bytes."""
+def write_converted_folder(folder: str, config: MMEmotionConfig, dtype: torch.dtype) -> int:
+    """Writes a folder of `config` in the converter's layout with zero weights of `dtype`; returns the weights' bytes."""
     with torch.device("meta"):
-        model = MMEmotionForEmotionClassification(exp0_config()).to(dtype)
+        model = MMEmotionForEmotionClassification(config).to(dtype)
     # The model's own save_pretrained writes the config (auto_map, custom pipeline, dtype) and the remote code, and no
     # weights for an empty state dict: they are written below, one shard at a time, named and indexed as it does.
     model.save_pretrained(folder, state_dict={})
@@ -150,7 +150,7 @@ def render_markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--folder_dtypes", nargs="+", choices=list(DTYPES), default=["float32", "bfloat16"],
-                        help="dtypes of the converted folders (the converter's --dtype; default float32)")
+                        help="dtypes of the converted folders (the converter's --dtype, whose default is float32)")
     parser.add_argument("--encoder_dtypes", nargs="+", choices=list(DTYPES), default=["float32", "bfloat16"],
                         help="train.py --encoder_dtype values to load each folder with")
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "exp0-memory.json"))
@@ -159,14 +159,15 @@ def main(argv: list[str] | None = None) -> None:
     machine = machine_info()
     results = {"command": command, "load_average_start": os.getloadavg()[0], **{key: machine[key] for key in ("date", "torch", "transformers")}}
     results["machine"] = f"{machine['cpu']}, {machine['cpu_cores']} cores, {machine['memory_gb']} GB"
+    config = exp0_config()
     with torch.device("meta"):
-        results["parameters"] = MMEmotionForEmotionClassification(exp0_config()).num_parameters()
+        results["parameters"] = MMEmotionForEmotionClassification(config).num_parameters()
     results["imports only"] = measure(ROOT, "")
     print("imports only", results["imports only"], flush=True)
     results["folders"] = []
     for folder_dtype in args.folder_dtypes:
         with tempfile.TemporaryDirectory(prefix="mmemotion-exp0-") as folder:
-            weights_bytes = write_converted_folder(folder, DTYPES[folder_dtype])
+            weights_bytes = write_converted_folder(folder, config, DTYPES[folder_dtype])
             entry = {"folder_dtype": folder_dtype, "weights_gb": weights_bytes / 1e9, "loads": {}}
             for encoder_dtype in args.encoder_dtypes:
                 entry["loads"][encoder_dtype] = measure(folder, LOAD_MODEL.format(encoder_dtype=encoder_dtype))

@@ -1,7 +1,7 @@
 """
 Runs every mmemotion benchmark and writes `benchmarks/results/results.json` and `results.md`.
 
-    python benchmarks/run.py            # the full run (about 20 minutes on 2 CPU cores)
+    python benchmarks/run.py            # the full run (about 11 minutes on 2 CPU cores)
     python benchmarks/run.py --quick    # a few minutes
     python benchmarks/run.py --only video audio --output /tmp/bench   # some groups, elsewhere
 

@@ -9,10 +9,13 @@ import os
 import subprocess
 import sys
 
-from benchmarks import run
+import torch
+
+from benchmarks import exp0_memory, run
 from benchmarks.cases import device_cache_build, video_branch_flops
 from benchmarks.media import write_tv_clip
 from benchmarks.report import gpu_section
+from configuration_mmemotion import MMEmotionConfig
 
 
 DEVICE_CHECK = os.path.join(run.ROOT, "benchmarks", "device_check.sh")
@@ -90,3 +93,15 @@ def test_device_check_dry_run_prints_the_gpu_benchmarks():
     result = _device_check("--dry-run")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == f"+ {sys.executable} benchmarks/run.py --only gpu --output $OUT"
+
+
+def test_exp0_memory_folder_loads_through_train(tmp_path):
+    # exp0_memory.py's folder and load process, at the tiny preset's sizes: the folder holds every weight of the model
+    # (`measure` fails on a loading report of missing or unexpected weights) and the load keeps the head in float32.
+    config = MMEmotionConfig.from_pretrained(os.path.join(run.ROOT, "presets", "tiny"))
+    weights_bytes = exp0_memory.write_converted_folder(str(tmp_path), config, torch.float32)
+    assert {"config.json", "modeling_mmemotion.py", "model.safetensors"} <= {path.name for path in tmp_path.iterdir()}
+    assert 0 < weights_bytes < (tmp_path / "model.safetensors").stat().st_size
+    result = exp0_memory.measure(str(tmp_path), exp0_memory.LOAD_MODEL.format(encoder_dtype="bfloat16"))
+    assert set(result["parameter_dtypes"]) == {"bfloat16", "float32"}
+    assert result["VmHWM"] >= result["after_load"]["VmHWM"] > 0
