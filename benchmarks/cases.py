@@ -622,6 +622,40 @@ def sharded_cache_build(clip: str, num_utterances: int, process_counts: list[int
     return rows
 
 
+def device_cache_build(
+    clip: str, num_utterances: int, preset: str, device: str, dtype: str, workers: list[int], batch_size: int, repeats: int
+) -> list[dict]:
+    """
+    The video + audio feature cache of `num_utterances` copies of a clip built by `train.FeatureCache` with the
+    encoders of `preset` on `device` in `dtype` (exp0 on a GPU: VideoLLaMA's real sizes) and the clips decoded by 0 or
+    more DataLoader workers: seconds, utterances/s and the minutes that rate gives for ECF's clips.
+    """
+    import datasets
+
+    import train
+
+    datasets.disable_progress_bars()
+    with torch.device(device):
+        model = MMEmotionForEmotionClassification(load_config(preset)).eval().to(getattr(torch, dtype))
+    # The presets' video / audio preprocessing is VideoLLaMA's (text is not cached here, so the tokenizer is unused).
+    processor = MMEmotionProcessor.from_pretrained(TINY)
+    dataset = datasets.Dataset.from_dict({"video_path": [clip] * num_utterances})
+
+    def build_cache(num_workers: int):
+        with tempfile.TemporaryDirectory(prefix="mmemotion-cache-") as cache_dir:  # empty: every build is a miss
+            cache = train.FeatureCache(model, processor, ["video", "audio"], cache_dir, batch_size, num_workers, cache_dtype=dtype)
+            cache.add_features(dataset, "bench")
+
+    rows = []
+    for num_workers in workers:
+        reset_cuda_peak(device)
+        seconds = median_seconds(partial(build_cache, num_workers), repeats, device)
+        row = {"preset": preset, "device": device, "dtype": dtype, "workers": num_workers, "utterances": num_utterances}
+        rate = num_utterances / seconds
+        rows.append({**row, "seconds": seconds, "utterances_per_s": rate, "ecf_minutes": ECF_UTTERANCES / rate / 60, "cuda_peak_mb": cuda_peak_mb(device)})
+    return rows
+
+
 def cache_sizes(clip: str, num_utterances: int) -> list[dict]:
     """
     Bytes per utterance of the feature cache files of the tiny preset's text, video and audio in each cache dtype
@@ -691,6 +725,7 @@ CASES = {
         scaling_utterances,
         scaling_frames,
         sharded_cache_build,
+        device_cache_build,
         cache_sizes,
     )
 }

@@ -199,7 +199,7 @@ def _flops_section(results: dict) -> list[str]:
     return [title, ""] + _table(header, table)
 
 
-def _gpu_section(results: dict) -> list[str]:
+def gpu_section(results: dict) -> list[str]:
     lines = ["## GPU: real-size video branch (EVA ViT-g + Q-Formers, exp presets), bf16", ""]
     rows = _rows(results, "video_branch_flops")
     if not rows:
@@ -209,7 +209,17 @@ def _gpu_section(results: dict) -> list[str]:
         [row["device"], row["attention"], row["batch_size"], row["utterances_per_s"], row["gflops_per_utterance"], row["achieved_tflops"], "-" if row["share_of_peak"] is None else f"{row['share_of_peak']:.0%}", row["cuda_peak_mb"]]
         for row in rows
     ]
-    return lines + _table(header, table)
+    lines += _table(header, table)
+    rows = _rows(results, "device_cache_build")
+    if rows:
+        lines += ["## GPU: building the video + audio feature cache (`train.FeatureCache`, exp0's encoders, clips decoded by DataLoader workers)", ""]
+        header = ["preset", "device", "dtype", "workers", "utterances", "seconds", "utterances/s", "ECF's 16,720 clips, minutes", "CUDA peak MiB"]
+        table = [
+            [row["preset"], row["device"], row["dtype"], row["workers"], row["utterances"], row["seconds"], row["utterances_per_s"], row["ecf_minutes"], row["cuda_peak_mb"]]
+            for row in rows
+        ]
+        lines += _table(header, table)
+    return lines
 
 
 def _training_section(results: dict) -> list[str]:
@@ -308,6 +318,6 @@ def render_markdown(results: dict) -> str:
         "",
     ]
     lines += headlines(results)
-    for section in (_video_section, _audio_section, _pipeline_section, _encoder_section, _flops_section, _gpu_section, _training_section, _scaling_section, _scale_section):
+    for section in (_video_section, _audio_section, _pipeline_section, _encoder_section, _flops_section, gpu_section, _training_section, _scaling_section, _scale_section):
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"

@@ -1,7 +1,7 @@
 """
 Runs every mmemotion benchmark and writes `benchmarks/results/results.json` and `results.md`.
 
-    python benchmarks/run.py            # the full run (about 20 minutes on 2 CPU cores)
+    python benchmarks/run.py            # the full run (about 11 minutes on 2 CPU cores)
     python benchmarks/run.py --quick    # a few minutes
     python benchmarks/run.py --only video audio --output /tmp/bench   # some groups, elsewhere
 
@@ -52,6 +52,8 @@ PROFILES = {
         "frame_counts": [2, 4, 8, 16, 32],
         "shard_utterances": 64,
         "dtype_encoders": [("tiny", [8]), ("mid", [1])],
+        "device_cache_utterances": 128,
+        "device_cache_workers": [0, 4, 12],
     },
     "quick": {
         "repeats": 3,
@@ -68,6 +70,8 @@ PROFILES = {
         "frame_counts": [4, 8, 16],
         "shard_utterances": 32,
         "dtype_encoders": [("tiny", [8]), ("mid", [1])],
+        "device_cache_utterances": 32,
+        "device_cache_workers": [0, 4],
     },
     # Every code path on the smallest inputs (tests/test_benchmarks.py).
     "smoke": {
@@ -85,6 +89,8 @@ PROFILES = {
         "frame_counts": [2],
         "shard_utterances": 4,
         "dtype_encoders": [("tiny", [1])],
+        "device_cache_utterances": 2,
+        "device_cache_workers": [0],
     },
 }
 GROUPS = ("video", "audio", "pipeline", "encoders", "gpu", "training", "scaling", "scale")
@@ -93,7 +99,7 @@ BATCH_SIZE = 8
 # The clip length of the pipeline and scaling cases: ECF utterances last 3.2 s on average (median 2.5 s).
 UTTERANCE_SECONDS = 3
 # The cases whose memory is reported run in a process of their own; the others share this one.
-ISOLATED_CASES = ("encoder_forward", "training_epoch", "video_branch_flops")
+ISOLATED_CASES = ("encoder_forward", "training_epoch", "video_branch_flops", "device_cache_build")
 
 
 def plan(profile: dict, clips: dict[float, str], groups: tuple[str, ...], cuda: bool) -> list[dict]:
@@ -142,6 +148,18 @@ def plan(profile: dict, clips: dict[float, str], groups: tuple[str, ...], cuda: 
                 )
     if cuda:
         add("gpu", "video_branch_flops", batch_size=4, repeats=repeats, device="cuda", dtype="bfloat16", attention=["sdpa", "eager"])
+        add(
+            "gpu",
+            "device_cache_build",
+            clip=utterance_clip,
+            num_utterances=profile["device_cache_utterances"],
+            preset="exp0",
+            device="cuda",
+            dtype="bfloat16",
+            workers=profile["device_cache_workers"],
+            batch_size=BATCH_SIZE,
+            repeats=slow,
+        )
     add("scaling", "scaling_utterances", clip=utterance_clip, counts=profile["scaling_counts"], repeats=slow, workers=max(profile["workers"]), batch_size=BATCH_SIZE)
     add("scaling", "scaling_frames", clip=clips[max(clips)], frame_counts=profile["frame_counts"], repeats=repeats)
     # Feature extraction at corpus scale: sharded cache builds, half-precision encoders on the CPU, cache sizes.

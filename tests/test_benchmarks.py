@@ -5,9 +5,28 @@ and that the report renders them.
 """
 
 import json
+import os
+import subprocess
+import sys
 
-from benchmarks import run
-from benchmarks.cases import video_branch_flops
+import torch
+
+from benchmarks import exp0_memory, run
+from benchmarks.cases import device_cache_build, video_branch_flops
+from benchmarks.media import write_tv_clip
+from benchmarks.report import gpu_section
+from configuration_mmemotion import MMEmotionConfig
+
+
+DEVICE_CHECK = os.path.join(run.ROOT, "benchmarks", "device_check.sh")
+TINY_VIDEO = {
+    "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "patch_size": 32},
+    "qformer_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "video_qformer_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4},
+    "num_query_tokens": 4,
+    "num_video_query_tokens": 4,
+    "llm_hidden_size": 32,
+}
 
 
 def test_every_case_runs_and_reports(tmp_path):
@@ -39,15 +58,50 @@ def test_every_case_runs_and_reports(tmp_path):
 
 def test_gpu_video_branch_case_on_cpu():
     # The GPU case's code path, on the CPU with a tiny video branch.
-    tiny = {
-        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "patch_size": 32},
-        "qformer_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
-        "video_qformer_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4},
-        "num_query_tokens": 4,
-        "num_video_query_tokens": 4,
-        "llm_hidden_size": 32,
-    }
-    rows = video_branch_flops(1, 1, "cpu", "float32", ["sdpa", "eager"], config=tiny)
+    rows = video_branch_flops(1, 1, "cpu", "float32", ["sdpa", "eager"], config=TINY_VIDEO)
     assert [row["attention"] for row in rows] == ["sdpa", "eager"]
     assert all(row["gflops_per_utterance"] > 0 and row["utterances_per_s"] > 0 for row in rows)
     assert rows[0]["share_of_peak"] is None and rows[0]["cuda_peak_mb"] is None
+
+
+def test_device_cache_build_case_on_cpu(tmp_path):
+    # The GPU cache build's code path, on the CPU with the tiny preset's encoders in bfloat16.
+    clip = write_tv_clip(str(tmp_path / "clip.mp4"), 1, width=64, height=48)
+    rows = device_cache_build(clip, 3, "tiny", "cpu", "bfloat16", [0, 1], batch_size=2, repeats=1)
+    assert [row["workers"] for row in rows] == [0, 1]
+    assert all(row["utterances_per_s"] > 0 and row["ecf_minutes"] > 0 and row["cuda_peak_mb"] is None for row in rows)
+    video_rows = video_branch_flops(1, 1, "cpu", "float32", ["sdpa"], config=TINY_VIDEO)
+    results = {"jobs": [{"case": "video_branch_flops", "rows": video_rows}, {"case": "device_cache_build", "rows": rows}]}
+    markdown = "\n".join(gpu_section(results))
+    assert "building the video + audio feature cache" in markdown and "| tiny | cpu | bfloat16 | 1 | 3 |" in markdown
+
+
+def _device_check(*args: str, **environment: str) -> subprocess.CompletedProcess:
+    # No CUDA device, whatever the machine running the tests has.
+    environment = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", **environment}
+    return subprocess.run(["bash", DEVICE_CHECK, *args], capture_output=True, text=True, env=environment)
+
+
+def test_device_check_refuses_without_cuda(tmp_path):
+    result = _device_check(OUT=str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "no CUDA device" in result.stderr
+    assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_device_check_dry_run_prints_the_gpu_benchmarks():
+    result = _device_check("--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"+ {sys.executable} benchmarks/run.py --only gpu --output $OUT"
+
+
+def test_exp0_memory_folder_loads_through_train(tmp_path):
+    # exp0_memory.py's folder and load process, at the tiny preset's sizes: the folder holds every weight of the model
+    # (`measure` fails on a loading report of missing or unexpected weights) and the load keeps the head in float32.
+    config = MMEmotionConfig.from_pretrained(os.path.join(run.ROOT, "presets", "tiny"))
+    weights_bytes = exp0_memory.write_converted_folder(str(tmp_path), config, torch.float32)
+    assert {"config.json", "modeling_mmemotion.py", "model.safetensors"} <= {path.name for path in tmp_path.iterdir()}
+    assert 0 < weights_bytes < (tmp_path / "model.safetensors").stat().st_size
+    result = exp0_memory.measure(str(tmp_path), exp0_memory.LOAD_MODEL.format(encoder_dtype="bfloat16"))
+    assert set(result["parameter_dtypes"]) == {"bfloat16", "float32"}
+    assert result["VmHWM"] >= result["after_load"]["VmHWM"] > 0
