@@ -626,13 +626,13 @@ def device_cache_build(
     clip: str, num_utterances: int, preset: str, device: str, dtype: str, workers: list[int], batch_size: int, repeats: int
 ) -> list[dict]:
     """
-    The video + audio feature cache of `num_utterances` copies of a clip built by `train.FeatureCache` with the
+    The video + audio feature cache of `num_utterances` copies of a clip built by `training.features.FeatureCache` with the
     encoders of `preset` on `device` in `dtype` (exp0 on a GPU: VideoLLaMA's real sizes) and the clips decoded by 0 or
     more DataLoader workers: seconds, utterances/s and the minutes that rate gives for ECF's clips.
     """
     import datasets
 
-    import train
+    from training.features import FeatureCache
 
     datasets.disable_progress_bars()
     with torch.device(device):
@@ -643,7 +643,7 @@ def device_cache_build(
 
     def build_cache(num_workers: int):
         with tempfile.TemporaryDirectory(prefix="mmemotion-cache-") as cache_dir:  # empty: every build is a miss
-            cache = train.FeatureCache(model, processor, ["video", "audio"], cache_dir, batch_size, num_workers, cache_dtype=dtype)
+            cache = FeatureCache(model, processor, ["video", "audio"], cache_dir, batch_size, num_workers, cache_dtype=dtype)
             cache.add_features(dataset, "bench")
 
     rows = []

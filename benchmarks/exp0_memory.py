@@ -1,7 +1,7 @@
 """
 Peak resident memory of building the exp0 model (EVA ViT-g + BLIP-2 Q-Former, ImageBind's audio trunk, LLaMA-2-13B's
 input embeddings: 1.41B parameters) from a converted folder, as train.py does it (`train.build_config` then
-`train.load_model`, i.e. `--model_name_or_path FOLDER`), with `--encoder_dtype float32` and `bfloat16`.
+`training.models.load_model`, i.e. `--model_name_or_path FOLDER`), with `--encoder_dtype float32` and `bfloat16`.
 
     python benchmarks/exp0_memory.py --output benchmarks/results/exp0-memory.json
 
@@ -49,7 +49,7 @@ LOAD_MODEL = """
 model_args = train.ModelArguments(model_name_or_path=folder, encoder_dtype={encoder_dtype!r})
 config = train.build_config(model_args, None)
 start = time.perf_counter()
-model = train.load_model(MMEmotionForEmotionClassification, config, model_args)
+model = load_model(MMEmotionForEmotionClassification, config, model_args)
 result["load_s"] = time.perf_counter() - start
 result["parameters_mb"] = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters()) / 2**20
 result["parameter_dtypes"] = dict(Counter(str(parameter.dtype).removeprefix("torch.") for parameter in model.parameters()))
@@ -67,6 +67,7 @@ sys.path.insert(0, {root!r})
 import torch
 import train
 from modeling_mmemotion import MMEmotionForEmotionClassification
+from training.models import load_model
 folder = {folder!r}
 def memory():
     status = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -128,7 +129,7 @@ def render_markdown(results: dict) -> str:
         f"{results['load_average_end']:.1f} at the start / end).",
         "",
         f"A folder in the converter's layout at exp0's sizes ({results['parameters'] / 1e9:.2f}B parameters), zero weights "
-        "in 2 GB safetensors shards, loaded in a fresh process by `train.build_config` + `train.load_model` "
+        "in 2 GB safetensors shards, loaded in a fresh process by `train.build_config` + `training.models.load_model` "
         "(`train.py --model_name_or_path FOLDER --encoder_dtype ...`), then every weight read once (as the first forward "
         "pass does: weights kept in the folder's dtype are memory-mapped views of its shards, resident only once read). "
         "Peak RSS is VmHWM; the RSS at the end is split into anonymous memory and file pages (the mapped shards).",

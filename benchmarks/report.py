@@ -212,7 +212,7 @@ def gpu_section(results: dict) -> list[str]:
     lines += _table(header, table)
     rows = _rows(results, "device_cache_build")
     if rows:
-        lines += ["## GPU: building the video + audio feature cache (`train.FeatureCache`, exp0's encoders, clips decoded by DataLoader workers)", ""]
+        lines += ["## GPU: building the video + audio feature cache (`training.features.FeatureCache`, exp0's encoders, clips decoded by DataLoader workers)", ""]
         header = ["preset", "device", "dtype", "workers", "utterances", "seconds", "utterances/s", "ECF's 16,720 clips, minutes", "CUDA peak MiB"]
         table = [
             [row["preset"], row["device"], row["dtype"], row["workers"], row["utterances"], row["seconds"], row["utterances_per_s"], row["ecf_minutes"], row["cuda_peak_mb"]]
