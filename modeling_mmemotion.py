@@ -569,28 +569,6 @@ class MMEmotionModel(MMEmotionPreTrainedModel):
             audio_features[has_audio] = self.audio_encoder(clips, clip_mask).to(audio_features.dtype)
         return audio_features
 
-    def encode_modalities(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.LongTensor | None = None,
-        pixel_values_videos: torch.FloatTensor | None = None,
-        video_frame_mask: torch.LongTensor | None = None,
-        video_mask: torch.LongTensor | None = None,
-        audio_values: torch.FloatTensor | None = None,
-        audio_clip_mask: torch.LongTensor | None = None,
-        audio_mask: torch.LongTensor | None = None,
-        **kwargs,
-    ) -> dict[str, torch.Tensor]:
-        """`get_{modality}_features` for every branch that has inputs: `{"text_features", "video_features", "audio_features"}`."""
-        features = {}
-        if "text" in self.modalities and input_ids is not None:
-            features["text_features"] = self.get_text_features(input_ids, attention_mask)
-        if "video" in self.modalities and pixel_values_videos is not None:
-            features["video_features"] = self.get_video_features(pixel_values_videos, video_frame_mask, video_mask)
-        if "audio" in self.modalities and audio_values is not None:
-            features["audio_features"] = self.get_audio_features(audio_values, audio_clip_mask, audio_mask)
-        return features
-
     def fuse(
         self,
         features: dict[str, torch.Tensor | None],

@@ -529,6 +529,8 @@ def train_emotion_stage(
         dataclasses.replace(
             training_args, output_dir=stage_dir, num_train_epochs=model_args.emotion_stage_epochs, do_predict=False,
             push_to_hub=False, **emotion_defaults,
+            # The stage's last epoch is what the joint model starts from: no per-epoch checkpoints to keep.
+            save_strategy="no", load_best_model_at_end=False,
         ),
     )
     logger.info(f"Stage 2 of 2: the joint model from {stage_dir}, its text encoder frozen")

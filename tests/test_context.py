@@ -103,8 +103,8 @@ def test_truncation_cuts_the_far_context_first_never_the_target(bert_tokenizer):
 def test_sizes_zero_is_the_per_utterance_tokenization(bert_tokenizer):
     processor = MMEmotionProcessor(tokenizer=bert_tokenizer)
     for kwargs in ({"return_tensors": None}, {"return_tensors": None, "padding": False, "max_length": 4}):
-        ours = processor._tokenize_conversation(TEXTS, SPEAKERS, **kwargs)
-        reference = processor._tokenize(TEXTS, **kwargs)
+        ours = processor.encode_conversation(TEXTS, SPEAKERS, **kwargs)
+        reference = processor(text=TEXTS, **kwargs)
         assert set(ours) == set(reference) == {"input_ids", "attention_mask", "text_mask"}
         for name in ("input_ids", "attention_mask"):
             assert list(ours[name]) == list(reference[name])

@@ -97,6 +97,7 @@ def test_joint_model_in_two_stages_from_a_new_text_model(data, tmp_path):  # noq
     stage_config = read_json(stage_dir / "config.json")
     assert stage_config["architectures"] == ["MMEmotionForEmotionClassification"]
     assert not (stage_dir / "adapter_config.json").exists()  # merged: a plain checkpoint
+    assert not list(stage_dir.glob("checkpoint-*"))  # its last epoch is what stage 2 reads
     assert any("Encoder features cached: ['text']" in message for message in messages)
 
     joint = MMEmotionForEmotionCauseExtraction.from_pretrained(output_dir)
