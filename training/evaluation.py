@@ -85,6 +85,15 @@ def pair_records(conversations: Iterable[Mapping[str, Any]]) -> list[dict[str, A
     ]
 
 
+# The pair thresholds scanned by default: 0.05, 0.10, ..., 0.95.
+CAUSE_THRESHOLDS = [round(0.05 * step, 2) for step in range(1, 20)]
+
+
+def best_threshold(scores: Mapping[float, float]) -> float:
+    """The threshold with the best score; the lowest of equal scores."""
+    return max(scores, key=lambda threshold: (scores[threshold], -threshold))
+
+
 def tune_cause_threshold(
     model: MMEmotionForEmotionCauseExtraction,
     predictions: ConversationPredictions,
@@ -106,7 +115,7 @@ def tune_cause_threshold(
         The best threshold (the lowest of equal scores) and the weighted pair F1 of every candidate. The caller stores
         the threshold in `model.config.cause_threshold`, which `decode_pairs` then uses by default.
     """
-    thresholds = [round(0.05 * step, 2) for step in range(1, 20)] if thresholds is None else thresholds
+    thresholds = CAUSE_THRESHOLDS if thresholds is None else thresholds
     metric = evaluate.load(ECPE_PAIR_F1) if metric is None else metric
     references = pair_records(references)
     scores = {}
@@ -116,8 +125,7 @@ def tune_cause_threshold(
         )
         submission = pairs_to_submission(predictions, pairs, model.config.id2label)
         scores[threshold] = metric.compute(predictions=submission, references=references)["weighted_f1"]
-    best = max(thresholds, key=lambda threshold: (scores[threshold], -threshold))
-    return best, scores
+    return best_threshold(scores), scores
 
 
 @dataclass
@@ -150,7 +158,7 @@ def select_cause_threshold(
     cross-fitted F1 beats the model's current threshold (`config.cause_threshold`) on the same conversations;
     otherwise the current one stays. Too few conversations for the folds: the current threshold stays.
     """
-    thresholds = [round(0.05 * step, 2) for step in range(1, 20)] if thresholds is None else list(thresholds)
+    thresholds = CAUSE_THRESHOLDS if thresholds is None else list(thresholds)
     metric = evaluate.load(ECPE_PAIR_F1) if metric is None else metric
     references = pair_records(references)
     fixed = model.config.cause_threshold
@@ -170,8 +178,7 @@ def select_cause_threshold(
         )["weighted_f1"]
 
     def tune(rows: Sequence[int]) -> float:
-        scores = {threshold: score(threshold, rows) for threshold in thresholds}
-        return max(thresholds, key=lambda threshold: (scores[threshold], -threshold))
+        return best_threshold({threshold: score(threshold, rows) for threshold in thresholds})
 
     every_row = list(range(len(references)))
     tuned = tune(every_row)
