@@ -330,6 +330,15 @@ class MMEmotionTrainingArguments(TrainingArguments):
     """
 
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of AdamW."})
+    text_encoder_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the text encoder's trained weights (all of them with `--config_overrides "
+            "freeze_text_encoder=false`, or its LoRA adapters), the rest keeping --learning_rate: a pretrained "
+            "transformer fine-tuned whole usually wants 1e-5 to 1e-4, a freshly initialised head about 1e-3. "
+            "Defaults to --learning_rate."
+        },
+    )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
     per_device_eval_batch_size: int = field(
         default=64, metadata={"help": "Batch size per device for evaluation and for computing the feature cache."}

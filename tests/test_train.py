@@ -291,6 +291,28 @@ def test_lora_adapter_save_reload_and_merge(tmp_path, data):
     torch.testing.assert_close(merged_in_run_logits, adapter_logits, atol=1e-5, rtol=1e-5)
 
 
+def test_text_encoder_learning_rate_applies_to_the_text_encoder_only(tmp_path, data):
+    tiny_text = ["--config_name", "tiny", "--modalities", "text", "--text_embedding", "last_hidden_state", "--do_train",
+                 "--num_train_epochs", "1"]  # fmt: skip
+    unfrozen = ["--config_overrides", "freeze_text_encoder=false"]
+    frozen_dir = run_train(tmp_path, data, *tiny_text, name="frozen")
+    still_dir = run_train(tmp_path, data, *tiny_text, *unfrozen, "--text_encoder_learning_rate", "0", name="still")
+    trained_dir = run_train(tmp_path, data, *tiny_text, *unfrozen, "--text_encoder_learning_rate", "5e-3", name="trained")
+
+    def weights(folder, in_text_encoder):
+        with safe_open(folder / "model.safetensors", "pt") as file:
+            return {name: file.get_tensor(name) for name in file.keys() if (".text_encoder." in name) == in_text_encoder}
+
+    # Same seed, same initial weights: at rate 0 the unfrozen encoder ends where the frozen one does (at the runs'
+    # --learning_rate 5e-3 it would move), and at 5e-3 it moves.
+    frozen_encoder = weights(frozen_dir, True)
+    assert frozen_encoder and all(torch.equal(frozen_encoder[name], value) for name, value in weights(still_dir, True).items())
+    assert any(not torch.equal(frozen_encoder[name], value) for name, value in weights(trained_dir, True).items())
+
+    with pytest.raises(ValueError, match="nothing in the text encoder trains"):
+        run_train(tmp_path, data, *tiny_text, "--text_encoder_learning_rate", "1e-4", name="nothing_to_rate")
+
+
 def test_push_to_hub_offline_then_load_as_remote_code(tmp_path, data, monkeypatch):
     hub = tmp_path / "hub"
 

@@ -40,6 +40,29 @@ class MMEmotionTrainer(Trainer):
             return None
         return torch.utils.data.SequentialSampler(eval_dataset)
 
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """Trainer's AdamW, with the text encoder's trained weights in groups of their own at
+        `args.text_encoder_learning_rate` (the scheduler then warms up and decays every group alike)."""
+        optimizer = super().create_optimizer(model)
+        encoder_learning_rate = getattr(self.args, "text_encoder_learning_rate", None)
+        if encoder_learning_rate is None:
+            return optimizer
+        base_model = (self.model if model is None else model).base_model
+        text_encoder = base_model.text_encoder if "text" in base_model.config.modalities else None
+        encoder_parameters = {p for p in text_encoder.parameters() if p.requires_grad} if text_encoder is not None else set()
+        if not encoder_parameters:
+            raise ValueError(
+                "--text_encoder_learning_rate sets the rate of the text encoder's trained weights, but nothing in the "
+                "text encoder trains: add --lora_r, or --config_overrides freeze_text_encoder=false."
+            )
+        groups, optimizer.param_groups = optimizer.param_groups, []
+        for group in groups:
+            for in_encoder in (False, True):
+                params = [p for p in group["params"] if (p in encoder_parameters) == in_encoder]
+                if params:
+                    optimizer.add_param_group({**group, "params": params, "lr": encoder_learning_rate if in_encoder else group["lr"]})
+        return optimizer
+
     def create_model_card(self, **kwargs):
         if self.is_world_process_zero():
             card = render_model_card(self.model.config, self.args, self.model_card_info)
