@@ -308,6 +308,8 @@ def test_text_encoder_learning_rate_applies_to_the_text_encoder_only(tmp_path, d
     frozen_encoder = weights(frozen_dir, True)
     assert frozen_encoder and all(torch.equal(frozen_encoder[name], value) for name, value in weights(still_dir, True).items())
     assert any(not torch.equal(frozen_encoder[name], value) for name, value in weights(trained_dir, True).items())
+    assert "learning rate 0.005 (text encoder 0.005)," in (trained_dir / "README.md").read_text()
+    assert "learning rate 0.005," in (frozen_dir / "README.md").read_text()
 
     with pytest.raises(ValueError, match="nothing in the text encoder trains"):
         run_train(tmp_path, data, *tiny_text, "--text_encoder_learning_rate", "1e-4", name="nothing_to_rate")
