@@ -71,7 +71,7 @@ from training.features import FeatureCache, UtteranceCollator, utterance_dataset
 from training.lora import add_lora
 from training.model_card import CONFUSION_MATRIX_FILE, ModelCardInfo, describe_lora, describe_splits
 from training.models import load_model, load_processor, resolve_config_source
-from training.trainer import MMEmotionTrainer, save_final_model
+from training.trainer import MMEmotionTrainer, save_final_model, trained_text_encoder_parameters
 
 
 logger = logging.getLogger(__name__)
@@ -336,6 +336,7 @@ class MMEmotionTrainingArguments(TrainingArguments):
             "help": "Peak learning rate of the text encoder's trained weights (all of them with `--config_overrides "
             "freeze_text_encoder=false`, or its LoRA adapters), the rest keeping --learning_rate: a pretrained "
             "transformer fine-tuned whole usually wants 1e-5 to 1e-4, a freshly initialised head about 1e-3. "
+            "With --emotion_stage_epochs it applies to the first stage (the joint stage reads that encoder frozen). "
             "Defaults to --learning_rate."
         },
     )
@@ -513,6 +514,8 @@ def main(args: list[str] | None = None) -> None:
     card_lines = {}
     if data_args.task == "joint" and model_args.emotion_stage_epochs > 0 and training_args.do_train:
         model_args, card_lines = train_emotion_stage(model_args, data_args, training_args)
+        # The joint stage reads the stage's text encoder frozen: the text encoder's own rate was the first stage's.
+        training_args = dataclasses.replace(training_args, text_encoder_learning_rate=None)
     run_task(model_args, data_args, training_args, card_lines)
 
 
@@ -593,6 +596,8 @@ def run_task(
     model_class = MMEmotionForEmotionCauseExtraction if joint else MMEmotionForEmotionClassification
     model = load_model(model_class, config, model_args)
     peft_model = add_lora(model, model_args) if model_args.lora_r > 0 else None
+    if training_args.text_encoder_learning_rate is not None:
+        trained_text_encoder_parameters(model)  # before any feature is cached: a flag that would do nothing fails now
     model.to(training_args.device)
 
     # The datasets: utterance rows with the cached features of the frozen encoders (the joint task groups them by

@@ -92,6 +92,7 @@ def test_joint_model_in_two_stages_from_a_new_text_model(data, tmp_path):  # noq
         output_dir, tmp_path / "cache", "--task", "joint", "--text_model_name_or_path", minilm_path(),
         "--modalities", "text", "--train_file", data["labelled"], "--validation_file", data["labelled"], "--do_train",
         "--emotion_stage_epochs", "1", "--num_train_epochs", "2", "--lora_r", "4",
+        "--text_encoder_learning_rate", "3e-2",  # the stage's adapters (the joint stage's encoder is frozen)
     )
     stage_dir = output_dir / train.EMOTION_STAGE_DIR
     stage_config = read_json(stage_dir / "config.json")
@@ -112,6 +113,7 @@ def test_joint_model_in_two_stages_from_a_new_text_model(data, tmp_path):  # noq
     assert compared and any(not torch.equal(p, minilm[name.removeprefix("model.")]) for name, p in compared.items())
     card = (output_dir / "README.md").read_text()
     assert "in a first stage: an utterance-level emotion model trained for 1 epochs" in card
+    assert "(text encoder 0.03)" in (stage_dir / "README.md").read_text() and "(text encoder" not in card
     assert "eval_pair_weighted_f1" in read_json(output_dir / "eval_results.json")
 
 

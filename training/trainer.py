@@ -47,14 +47,7 @@ class MMEmotionTrainer(Trainer):
         encoder_learning_rate = getattr(self.args, "text_encoder_learning_rate", None)
         if encoder_learning_rate is None:
             return optimizer
-        base_model = (self.model if model is None else model).base_model
-        text_encoder = base_model.text_encoder if "text" in base_model.config.modalities else None
-        encoder_parameters = {p for p in text_encoder.parameters() if p.requires_grad} if text_encoder is not None else set()
-        if not encoder_parameters:
-            raise ValueError(
-                "--text_encoder_learning_rate sets the rate of the text encoder's trained weights, but nothing in the "
-                "text encoder trains: add --lora_r, or --config_overrides freeze_text_encoder=false."
-            )
+        encoder_parameters = trained_text_encoder_parameters(self.model if model is None else model)
         groups, optimizer.param_groups = optimizer.param_groups, []
         for group in groups:
             for in_encoder in (False, True):
@@ -67,6 +60,23 @@ class MMEmotionTrainer(Trainer):
         if self.is_world_process_zero():
             card = render_model_card(self.model.config, self.args, self.model_card_info)
             card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def trained_text_encoder_parameters(model: torch.nn.Module) -> set[torch.nn.Parameter]:
+    """The text encoder's trainable weights (all of them, or its LoRA adapters), which `--text_encoder_learning_rate`
+    sets the rate of; an error if there are none, so that the flag never does nothing."""
+    base_model = model.base_model
+    parameters = (
+        {parameter for parameter in base_model.text_encoder.parameters() if parameter.requires_grad}
+        if "text" in base_model.config.modalities
+        else set()
+    )
+    if not parameters:
+        raise ValueError(
+            "--text_encoder_learning_rate sets the rate of the text encoder's trained weights, but nothing in the "
+            "text encoder trains: add --lora_r, or --config_overrides freeze_text_encoder=false."
+        )
+    return parameters
 
 
 def save_final_model(trainer: Trainer, peft_model, merge_lora: bool) -> None:
