@@ -313,6 +313,8 @@ def test_text_encoder_learning_rate_applies_to_the_text_encoder_only(tmp_path, d
 
     with pytest.raises(ValueError, match="nothing in the text encoder trains"):
         run_train(tmp_path, data, *tiny_text, "--text_encoder_learning_rate", "1e-4", name="nothing_to_rate")
+    with pytest.raises(ValueError, match="--text_encoder_learning_rate must be >= 0, got -0.0001"):
+        run_train(tmp_path, data, *tiny_text, *unfrozen, "--text_encoder_learning_rate=-1e-4", name="negative_rate")
 
 
 def test_push_to_hub_offline_then_load_as_remote_code(tmp_path, data, monkeypatch):
