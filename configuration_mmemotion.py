@@ -191,11 +191,14 @@ class MMEmotionConfig(PreTrainedConfig):
             `"input_embeddings"`: the text model's token embeddings only (VideoLLaMA's text embeddings: no
             transformer layer is built). `"last_hidden_state"`: the text model's contextual last hidden state.
         text_context_past (`int`, *optional*, defaults to 0):
-            Utterances before the target that the text encoder reads with it (each prefixed by its speaker); the
+            Utterances before the target that the text encoder reads with it (prefixed by their speakers); the
             processor builds the window (`MMEmotionProcessor.context_past`) and pooling reads only the target's tokens.
             Context only helps a contextual encoder (`text_embedding="last_hidden_state"`).
         text_context_future (`int`, *optional*, defaults to 0):
             Utterances after the target read with it (`MMEmotionProcessor.context_future`).
+        text_context_speakers (`bool`, *optional*, defaults to `True`):
+            Whether every utterance of a context window is prefixed by its speaker (`Ross: ...`;
+            `MMEmotionProcessor.context_speakers`). Without a window, utterances are read without speakers.
         freeze_text_encoder (`bool`, *optional*, defaults to `True`):
             Whether the text branch is frozen (no gradient, no optimizer state, eval mode while the heads train).
         freeze_video_encoder (`bool`, *optional*, defaults to `True`):
@@ -273,6 +276,7 @@ class MMEmotionConfig(PreTrainedConfig):
     text_embedding: Literal["input_embeddings", "last_hidden_state"] = "input_embeddings"
     text_context_past: int = 0
     text_context_future: int = 0
+    text_context_speakers: bool = True
     freeze_text_encoder: bool = True
     freeze_video_encoder: bool = True
     freeze_audio_encoder: bool = True

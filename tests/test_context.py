@@ -174,24 +174,31 @@ def previous_utterance_conversations(path, num_conversations, seed):
     return str(path)
 
 
+def train_tiny_text_model(train_file, validation_file, output_dir, cache_dir, *flags):
+    """train.py on the tiny preset's text branch, fully fine-tuned; returns the validation accuracy."""
+    train.main(
+        [
+            "--config_name", "tiny", "--modalities", "text", "--text_embedding", "last_hidden_state",
+            "--config_overrides", "freeze_text_encoder=false", *flags,
+            "--train_file", train_file, "--validation_file", validation_file, "--do_train", "--do_eval",
+            "--num_train_epochs", "20", "--learning_rate", "3e-3", "--per_device_train_batch_size", "16",
+            "--max_seq_length", "32", "--seed", "0", "--output_dir", str(output_dir), "--disable_tqdm", "true",
+            "--save_strategy", "no", "--load_best_model_at_end", "false", "--feature_cache_dir", str(cache_dir),
+        ]
+    )
+    with open(output_dir / "eval_results.json") as file:
+        return json.load(file)["eval_accuracy"]
+
+
 def test_context_model_learns_a_label_in_the_previous_utterance(tmp_path):
     train_file = previous_utterance_conversations(tmp_path / "train.json", 80, seed=0)
     validation_file = previous_utterance_conversations(tmp_path / "validation.json", 20, seed=1)
     accuracies = {}
     for past in (0, 1):
         output_dir = tmp_path / f"past{past}"
-        train.main(
-            [
-                "--config_name", "tiny", "--modalities", "text", "--text_embedding", "last_hidden_state",
-                "--config_overrides", "freeze_text_encoder=false", "--text_context_past", str(past),
-                "--train_file", train_file, "--validation_file", validation_file, "--do_train", "--do_eval",
-                "--num_train_epochs", "20", "--learning_rate", "3e-3", "--per_device_train_batch_size", "16",
-                "--max_seq_length", "32", "--seed", "0", "--output_dir", str(output_dir), "--disable_tqdm", "true",
-                "--save_strategy", "no", "--load_best_model_at_end", "false", "--feature_cache_dir", str(tmp_path / "cache"),
-            ]
+        accuracies[past] = train_tiny_text_model(
+            train_file, validation_file, output_dir, tmp_path / "cache", "--text_context_past", str(past)
         )
-        with open(output_dir / "eval_results.json") as file:
-            accuracies[past] = json.load(file)["eval_accuracy"]
         with open(output_dir / "config.json") as file:
             assert json.load(file)["text_context_past"] == past
     # The utterance alone is chance among three emotions for all but the first utterances.
@@ -199,3 +206,43 @@ def test_context_model_learns_a_label_in_the_previous_utterance(tmp_path):
     assert accuracies[1] > 0.9, accuracies
     with open(tmp_path / "past1" / "processor_config.json") as file:
         assert json.load(file)["context_past"] == 1
+
+
+def speaker_label_conversations(path, num_conversations, seed):
+    """Conversations of filler words whose emotion is given by the speaker alone (Ross joy, Rachel sadness, Joey
+    anger): learnable only from the speaker prefix."""
+    rng = random.Random(seed)
+    emotions = {"Ross": "joy", "Rachel": "sadness", "Joey": "anger"}
+    conversations = []
+    for conversation_id in range(1, num_conversations + 1):
+        speakers = [rng.choice(list(emotions)) for _ in range(rng.randint(3, 6))]
+        utterances = [
+            {"utterance_ID": index + 1, "text": " ".join(rng.sample(FILLERS, 4)), "speaker": speaker, "emotion": emotions[speaker]}
+            for index, speaker in enumerate(speakers)
+        ]
+        conversations.append({"conversation_ID": conversation_id, "conversation": utterances, "emotion-cause_pairs": []})
+    with open(path, "w") as file:
+        json.dump(conversations, file)
+    return str(path)
+
+
+def test_text_context_speakers_flag_decides_whether_the_model_reads_speakers(tmp_path):
+    train_file = speaker_label_conversations(tmp_path / "train.json", 80, seed=0)
+    validation_file = speaker_label_conversations(tmp_path / "validation.json", 20, seed=1)
+    accuracies = {}
+    for speakers in ("true", "false"):
+        output_dir = tmp_path / f"speakers-{speakers}"
+        accuracies[speakers] = train_tiny_text_model(
+            train_file, validation_file, output_dir, tmp_path / "cache",
+            "--text_context_past", "1", "--text_context_speakers", speakers,
+        )
+        with open(output_dir / "config.json") as file:
+            assert json.load(file)["text_context_speakers"] is (speakers == "true")
+        # The saved processor reads new conversations as training did.
+        processor = MMEmotionProcessor.from_pretrained(output_dir)
+        tokens = processor.tokenizer.convert_ids_to_tokens(processor.encode_conversation(["so i", "you know"], ["Ross", "Joey"], return_tensors=None)["input_ids"][1])
+        assert ("ross" in tokens and "joey" in tokens) is (speakers == "true"), tokens
+        with open(output_dir / "README.md") as file:
+            assert ("each prefixed by its speaker" if speakers == "true" else "without speaker names") in file.read()
+    assert accuracies["true"] > 0.9, accuracies
+    assert accuracies["false"] < 0.6, accuracies
