@@ -44,9 +44,9 @@ def lora_target_regex(model: PreTrainedModel, target_modules: list[str] | None) 
     """A regex over module names that matches the chosen modules inside the text encoder only: plain names such as
     `query` would also hit the attention layers of the video and audio Q-Formers.
 
-    By default every linear layer of the text encoder (attention and feed-forward: on ECF, LoRA on BERT's `query`,
-    `key`, `value` and `dense` layers reached 0.588 dev weighted F1 against 0.557 with `query` and `value` only), or
-    the token embeddings when the branch is only the embedding table (`text_embedding="input_embeddings"`).
+    By default every linear layer of the text encoder (attention and feed-forward: better than `query` and `value`
+    only on ECF, docs/results.md), or the token embeddings when the branch is only the embedding table
+    (`text_embedding="input_embeddings"`).
     """
     if target_modules is None:
         text_encoder = model.base_model.text_encoder
