@@ -391,11 +391,11 @@ class MMEmotionTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.text_encoder_learning_rate is not None and self.text_encoder_learning_rate < 0:
+            raise ValueError(f"--text_encoder_learning_rate must be >= 0, got {self.text_encoder_learning_rate}.")
         # TrainingArguments turns `do_eval` on whenever `eval_strategy` is not "no", so with the per-epoch evaluation
         # above every run would need validation data. Evaluate when asked, or after training with per-epoch evaluation;
         # a run that does not train (evaluate, predict, merge) has no epochs to evaluate.
-        if self.text_encoder_learning_rate is not None and self.text_encoder_learning_rate < 0:
-            raise ValueError(f"--text_encoder_learning_rate must be >= 0, got {self.text_encoder_learning_rate}.")
         do_eval = self.do_eval
         super().__post_init__()
         if not self.do_train:

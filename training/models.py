@@ -53,7 +53,6 @@ def load_processor(model_args) -> MMEmotionProcessor:
             video_feature_extractor=processor.video_feature_extractor,
             audio_feature_extractor=processor.audio_feature_extractor,
             use_audio_from_video=processor.use_audio_from_video,
-            context_speakers=processor.context_speakers,
         )
     if processor is None:
         raise ValueError(
