@@ -321,6 +321,8 @@ class MMEmotionConfig(PreTrainedConfig):
                 f"`text_context_past` and `text_context_future` must be >= 0, got {self.text_context_past} and "
                 f"{self.text_context_future}."
             )
+        if not isinstance(self.text_context_speakers, bool):
+            raise ValueError(f"`text_context_speakers` must be true or false, got {self.text_context_speakers!r}.")
         if self.pooling not in ("mean", "attention"):
             raise ValueError(f"`pooling` must be 'mean' or 'attention', got {self.pooling!r}.")
         if self.context_encoder not in ("bilstm", "transformer"):

@@ -246,3 +246,9 @@ def test_text_context_speakers_flag_decides_whether_the_model_reads_speakers(tmp
             assert ("each prefixed by its speaker" if speakers == "true" else "without speaker names") in file.read()
     assert accuracies["true"] > 0.9, accuracies
     assert accuracies["false"] < 0.6, accuracies
+
+
+def test_text_context_speakers_that_is_not_a_bool_is_an_error():
+    # `--config_overrides text_context_speakers=yes` reads "yes" as a string, which would silently mean true.
+    with pytest.raises(ValueError, match="`text_context_speakers` must be true or false, got 'yes'"):
+        MMEmotionConfig(text_context_speakers="yes")
