@@ -158,14 +158,16 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Utterances before each target that the text encoder reads with it (`config.text_context_past`). "
-            "Defaults to the preset's or checkpoint's, or to 2 for a new model from --text_model_name_or_path alone."
+            f"Defaults to the preset's or checkpoint's, or to {NEW_TEXT_MODEL_DEFAULTS['text_context_past']} for a new "
+            "model from --text_model_name_or_path alone."
         },
     )
     text_context_future: int | None = field(
         default=None,
         metadata={
             "help": "Utterances after each target read with it (`config.text_context_future`). Defaults to the "
-            "preset's or checkpoint's, or to 1 for a new model from --text_model_name_or_path alone."
+            f"preset's or checkpoint's, or to {NEW_TEXT_MODEL_DEFAULTS['text_context_future']} for a new model from "
+            "--text_model_name_or_path alone."
         },
     )
     text_context_speakers: bool | None = field(
