@@ -231,6 +231,11 @@ class MMEmotionConfig(PreTrainedConfig):
             Layers of the conversation encoder.
         context_num_heads (`int`, *optional*, defaults to 4):
             Attention heads of the transformer conversation encoder.
+        emotion_head_input (`str`, *optional*, defaults to `"utterance_states"`):
+            What the emotion head of the emotion-cause model reads: `"utterance_states"`, the conversation encoder's
+            context-aware states (head `emotion_classifier`), or `"utterance_embeds"`, the fused utterance vectors
+            (head `classifier`, the emotion classification model's own, so the head of an emotion checkpoint loads
+            into it). The conversation encoder feeds the pair scorer either way.
         max_speakers (`int`, *optional*, defaults to 16):
             Number of speaker embeddings (speakers are numbered per conversation in order of appearance; later ones
             share the last embedding).
@@ -291,6 +296,7 @@ class MMEmotionConfig(PreTrainedConfig):
     context_hidden_size: int = 256
     context_num_layers: int = 1
     context_num_heads: int = 4
+    emotion_head_input: Literal["utterance_states", "utterance_embeds"] = "utterance_states"
     max_speakers: int = 16
     cause_window: int = 8
     cause_threshold: float = 0.5
@@ -327,6 +333,10 @@ class MMEmotionConfig(PreTrainedConfig):
             raise ValueError(f"`pooling` must be 'mean' or 'attention', got {self.pooling!r}.")
         if self.context_encoder not in ("bilstm", "transformer"):
             raise ValueError(f"`context_encoder` must be 'bilstm' or 'transformer', got {self.context_encoder!r}.")
+        if self.emotion_head_input not in ("utterance_states", "utterance_embeds"):
+            raise ValueError(
+                f"`emotion_head_input` must be 'utterance_states' or 'utterance_embeds', got {self.emotion_head_input!r}."
+            )
         if self.class_weights is not None and len(self.class_weights) != self.num_labels:
             raise ValueError(f"`class_weights` has {len(self.class_weights)} values for {self.num_labels} labels.")
 

@@ -872,7 +872,8 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
     subtask 2; the seed's `joint_classification_0` with the default BiLSTM).
 
     Every utterance is encoded by `MMEmotionModel`; the fused vectors plus speaker embeddings go through a conversation
-    encoder; the context states give the emotion logits and, with the emotion distributions, the pair logits.
+    encoder; the context states (or, with `config.emotion_head_input="utterance_embeds"`, the fused vectors) give the
+    emotion logits and, with the emotion distributions, the pair logits.
     """
 
     # The inputs of `MMEmotionModel`, given here with a leading (num_conversations, max_utterances) shape.
@@ -883,8 +884,12 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
         self.mmemotion = MMEmotionModel(config)
         fused_size = len(config.modalities) * config.projection_size
         self.context_encoder = MMEmotionConversationEncoder(config, fused_size)
-        # Not `classifier`: an utterance classifier checkpoint's head has another input width and must not load here.
-        self.emotion_classifier = MMEmotionClassificationHead(config, config.context_hidden_size)
+        # Two names for two input widths: an emotion classification checkpoint's `classifier` loads only into the
+        # head that reads the same fused vectors.
+        if config.emotion_head_input == "utterance_embeds":
+            self.classifier = MMEmotionClassificationHead(config, fused_size)
+        else:
+            self.emotion_classifier = MMEmotionClassificationHead(config, config.context_hidden_size)
         self.pair_scorer = MMEmotionCausePairScorer(config)
         self.post_init()
 
@@ -955,7 +960,10 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
         if speaker_ids is None:
             speaker_ids = torch.zeros_like(utterance_mask, dtype=torch.long)
         utterance_states = self.context_encoder(utterance_embeds, speaker_ids, utterance_mask)
-        emotion_logits = self.emotion_classifier(utterance_states)
+        if self.config.emotion_head_input == "utterance_embeds":
+            emotion_logits = self.classifier(utterance_embeds)
+        else:
+            emotion_logits = self.emotion_classifier(utterance_states)
         cause_logits = self.pair_scorer(utterance_states, emotion_logits.softmax(dim=-1), speaker_ids)
         candidates = _candidate_pairs(utterance_mask, self.config.cause_window)
         cause_logits = cause_logits.masked_fill(~candidates, torch.finfo(cause_logits.dtype).min)

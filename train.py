@@ -34,8 +34,10 @@ without the clips, random VideoLLaMA-size encoders, one process where `accelerat
 (subtask 2) with the same command line: one training example is a conversation, the pair threshold is tuned on the
 validation set after training (kept only if tuning wins on held-out folds), and `--do_predict --test_file
 conversations.json` writes a submission file (`predictions.json`). A new text model trains in two stages: the emotion
-recipe above, then the joint model over its merged, frozen encoder. An emotion checkpoint (`--model_name_or_path
-runs/minilm`) can start it.
+recipe above, then the joint model over its merged encoder, fusion and emotion head, kept frozen: the joint model
+predicts the first stage's emotions and learns the conversation encoder and the pair scorer. An emotion checkpoint
+(`--model_name_or_path runs/minilm`) can start it, with `--freeze_utterance_model --config_overrides
+emotion_head_input=utterance_embeds` to do the same.
 """
 
 import dataclasses
@@ -72,7 +74,7 @@ from training.evaluation import (
 from training.features import FeatureCache, UtteranceCollator, utterance_dataset
 from training.lora import add_lora
 from training.model_card import CONFUSION_MATRIX_FILE, ModelCardInfo, describe_lora, describe_splits
-from training.models import load_model, load_processor, resolve_config_source
+from training.models import freeze_utterance_model, load_model, load_processor, resolve_config_source
 from training.trainer import MMEmotionTrainer, save_final_model, trained_text_encoder_parameters
 
 
@@ -86,7 +88,8 @@ NEW_TEXT_MODEL_DEFAULTS = {"text_embedding": "last_hidden_state", "text_context_
 
 # Training defaults of a new model built from `--text_model_name_or_path` alone: the text encoder is fine-tuned with
 # LoRA. For `--task joint` that happens in a first stage, an utterance-level emotion model (`--emotion_stage_epochs`),
-# whose merged encoder the joint model then reads frozen. A flag on the command line wins. Measured on ECF:
+# whose merged encoder, fusion and emotion head the joint model then keeps frozen. A flag on the command line wins.
+# Measured on ECF:
 # docs/results.md.
 NEW_TEXT_MODEL_TRAINING_DEFAULTS = {
     "emotion": {"lora_r": 8, "num_train_epochs": 3, "max_seq_length": 96},
@@ -230,6 +233,17 @@ class ModelArguments:
             "encoder for this many epochs first (in `emotion-stage/` of the output folder, the emotion task's training "
             "defaults), then the joint model from it, its merged text encoder frozen (features cached) and no LoRA. "
             "0: the joint model trains in one stage (end to end with `--lora_r`)."
+        },
+    )
+    freeze_utterance_model: bool | None = field(
+        default=None,
+        metadata={
+            "help": "`--task joint` only: keep the loaded checkpoint's utterance model (encoders and fusion) and, with "
+            "`emotion_head_input=utterance_embeds` in its config, its emotion head as they are: only the conversation "
+            "encoder and the pair scorer (and an emotion head over the conversation states) train. Defaults to true "
+            "for the joint stage of --emotion_stage_epochs, which also sets `emotion_head_input=utterance_embeds`: the "
+            "joint model then predicts the first stage's emotions. `false` there: the joint stage trains its utterance "
+            "model and an emotion head over the conversation states."
         },
     )
     merge_lora: bool = field(
@@ -553,7 +567,7 @@ def train_emotion_stage(
     }
     logger.info(f"Stage 1 of 2: an emotion model with LoRA for {model_args.emotion_stage_epochs} epochs, in {stage_dir}")
     run_task(
-        dataclasses.replace(model_args, emotion_stage_epochs=0, merge_lora=True),
+        dataclasses.replace(model_args, emotion_stage_epochs=0, merge_lora=True, freeze_utterance_model=None),
         dataclasses.replace(data_args, task="emotion", test_file=None),
         dataclasses.replace(
             training_args, output_dir=stage_dir, num_train_epochs=model_args.emotion_stage_epochs, do_predict=False,
@@ -562,14 +576,20 @@ def train_emotion_stage(
             save_strategy="no", load_best_model_at_end=False,
         ),
     )
-    logger.info(f"Stage 2 of 2: the joint model from {stage_dir}, its text encoder frozen")
+    keep_stage_emotions = model_args.freeze_utterance_model is not False
+    kept = "its utterance model and emotion head, frozen" if keep_stage_emotions else "its text encoder, frozen"
+    logger.info(f"Stage 2 of 2: the joint model from {stage_dir}, with {kept}")
     note = (
         f"r={model_args.lora_r}, alpha={model_args.lora_alpha}, dropout={model_args.lora_dropout}, in a first stage: an "
         f"utterance-level emotion model trained for {model_args.emotion_stage_epochs:g} epochs (`{EMOTION_STAGE_DIR}/`), "
-        "merged; the joint model reads its text encoder frozen"
+        f"merged; the joint model keeps {kept}"
     )
+    config_overrides = dict(model_args.config_overrides or {})
+    if keep_stage_emotions:
+        config_overrides["emotion_head_input"] = "utterance_embeds"
     joint_args = dataclasses.replace(
-        model_args, model_name_or_path=stage_dir, text_model_name_or_path=None, config_name=None, lora_r=0, emotion_stage_epochs=0
+        model_args, model_name_or_path=stage_dir, text_model_name_or_path=None, config_name=None, lora_r=0,
+        emotion_stage_epochs=0, freeze_utterance_model=keep_stage_emotions, config_overrides=config_overrides,
     )
     return joint_args, {"lora": note, "text_model": model_args.text_model_name_or_path}
 
@@ -589,6 +609,11 @@ def run_task(
         raise ValueError(
             f"--train_sampling_strategy {training_args.train_sampling_strategy} groups utterances by token count: the "
             "joint task batches whole conversations, use `random` (its default) or `sequential`."
+        )
+    if model_args.freeze_utterance_model and (not joint or model_args.lora_r > 0):
+        raise ValueError(
+            "--freeze_utterance_model keeps the utterance model of a joint model's checkpoint as loaded: it needs "
+            "--task joint and no --lora_r."
         )
     check_launch()
     check_hub(training_args)
@@ -613,6 +638,8 @@ def run_task(
     processor.context_speakers = config.text_context_speakers
     model_class = MMEmotionForEmotionCauseExtraction if joint else MMEmotionForEmotionClassification
     model = load_model(model_class, config, model_args)
+    if model_args.freeze_utterance_model:
+        freeze_utterance_model(model)
     peft_model = add_lora(model, model_args) if model_args.lora_r > 0 else None
     if training_args.text_encoder_learning_rate is not None:
         trained_text_encoder_parameters(model)  # before any feature is cached: a flag that would do nothing fails now

@@ -332,6 +332,21 @@ def test_joint_model_starts_from_an_utterance_classifier_checkpoint(tmp_path):
         torch.testing.assert_close(joint.mmemotion.state_dict()[name], parameter)
 
 
+def test_joint_model_reading_utterance_embeds_predicts_the_emotions_of_the_classifier_it_starts_from(tmp_path):
+    torch.manual_seed(0)
+    classifier = MMEmotionForEmotionClassification(text_config()).eval()
+    classifier.save_pretrained(tmp_path)
+    joint = MMEmotionForEmotionCauseExtraction.from_pretrained(tmp_path, emotion_head_input="utterance_embeds").eval()
+    assert not hasattr(joint, "emotion_classifier")
+    batch = ConversationCollator()(random_rows([4, 2]))
+    del batch["conversation_id"]
+    with torch.no_grad():
+        outputs = joint(**batch)
+        mask = batch["utterance_mask"].bool()
+        utterance_logits = classifier(input_ids=batch["input_ids"][mask], attention_mask=batch["attention_mask"][mask]).logits
+    torch.testing.assert_close(outputs.emotion_logits[mask], utterance_logits)
+
+
 def test_joint0_preset_builds_at_real_size_on_meta():
     config = MMEmotionConfig.from_pretrained(os.path.join(PRESETS, "joint0.json"))
     assert (config.modalities, config.pooling, config.context_encoder) == (["text", "video", "audio"], "attention", "bilstm")

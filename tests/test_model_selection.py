@@ -110,18 +110,33 @@ def test_joint_model_in_two_stages_from_a_new_text_model(data, tmp_path):  # noq
 
     joint = MMEmotionForEmotionCauseExtraction.from_pretrained(output_dir)
     emotion = MMEmotionForEmotionClassification.from_pretrained(stage_dir)
-    assert joint.mmemotion.is_encoder_frozen("text")
-    joint_text, stage_text = joint.mmemotion.text_encoder.state_dict(), emotion.mmemotion.text_encoder.state_dict()
-    for name, parameter in stage_text.items():
-        torch.testing.assert_close(joint_text[name], parameter)
+    assert joint.config.emotion_head_input == "utterance_embeds"
+    # The joint stage kept the stage's utterance model and emotion head as they were, so it predicts the same emotions.
+    kept = {**joint.mmemotion.state_dict(), **{f"classifier.{n}": p for n, p in joint.classifier.state_dict().items()}}
+    stage = {**emotion.mmemotion.state_dict(), **{f"classifier.{n}": p for n, p in emotion.classifier.state_dict().items()}}
+    assert kept.keys() == stage.keys()
+    for name, parameter in stage.items():
+        torch.testing.assert_close(kept[name], parameter, msg=name)
+    joint_scores, stage_scores = read_json(output_dir / "eval_results.json"), read_json(stage_dir / "eval_results.json")
+    assert joint_scores["eval_weighted_f1"] == pytest.approx(stage_scores["eval_weighted_f1"])
+    stage_text = emotion.mmemotion.text_encoder.state_dict()
     # The stage trained the encoder (the LoRA update is merged into it): it is not MiniLM's any more.
     minilm = AutoModel.from_pretrained(minilm_path()).state_dict()
     compared = {name: parameter for name, parameter in stage_text.items() if name.removeprefix("model.") in minilm}
     assert compared and any(not torch.equal(p, minilm[name.removeprefix("model.")]) for name, p in compared.items())
     card = (output_dir / "README.md").read_text()
     assert "in a first stage: an utterance-level emotion model trained for 1 epochs" in card
+    assert "the joint model keeps its utterance model and emotion head, frozen" in card
     assert "(text encoder 0.03)" in (stage_dir / "README.md").read_text() and "(text encoder" not in card
-    assert "eval_pair_weighted_f1" in read_json(output_dir / "eval_results.json")
+    assert "eval_pair_weighted_f1" in joint_scores
+
+
+def test_freeze_utterance_model_is_for_the_joint_task(data, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="--freeze_utterance_model keeps the utterance model .* needs --task joint"):
+        run_train(
+            tmp_path / "emotion", tmp_path / "cache", "--task", "emotion", "--config_name", "tiny", "--modalities", "text",
+            "--train_file", data["labelled"], "--do_train", "--freeze_utterance_model", "true",
+        )
 
 
 def test_emotion_stage_needs_lora(data, tmp_path):  # noqa: F811

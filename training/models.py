@@ -102,6 +102,14 @@ def load_model(model_class: type[PreTrainedModel], config: MMEmotionConfig, mode
     return model
 
 
+def freeze_utterance_model(model: PreTrainedModel) -> None:
+    """Keeps an emotion-cause model's utterance model (encoders and fusion) and, when it reads the fused utterance
+    vectors, its emotion head as loaded: the utterance emotions stay those of the checkpoint."""
+    model.mmemotion.requires_grad_(False)
+    if model.config.emotion_head_input == "utterance_embeds":
+        model.classifier.requires_grad_(False)
+
+
 def load_input_embeddings(text_model_name_or_path: str, text_config, trust_remote_code: bool) -> torch.Tensor:
     """The token embedding matrix of a pretrained text model, read alone from its safetensors file(s).
 
