@@ -231,8 +231,9 @@ class ModelArguments:
         metadata={
             "help": "`--task joint` only: train an utterance-level emotion model with LoRA (`--lora_r`) on the text "
             "encoder for this many epochs first (in `emotion-stage/` of the output folder, the emotion task's training "
-            "defaults), then the joint model from it, its merged text encoder frozen (features cached) and no LoRA. "
-            "0: the joint model trains in one stage (end to end with `--lora_r`)."
+            "defaults), then the joint model from it, its merged text encoder frozen (features cached) and no LoRA, "
+            "predicting the first stage's emotions (--freeze_utterance_model). 0: the joint model trains in one stage "
+            "(end to end with `--lora_r`)."
         },
     )
     freeze_utterance_model: bool | None = field(
@@ -243,7 +244,10 @@ class ModelArguments:
             "encoder and the pair scorer (and an emotion head over the conversation states) train. Defaults to true "
             "for the joint stage of --emotion_stage_epochs, which also sets `emotion_head_input=utterance_embeds`: the "
             "joint model then predicts the first stage's emotions. `false` there: the joint stage trains its utterance "
-            "model and an emotion head over the conversation states."
+            "model and an emotion head over the conversation states.",
+            # `--freeze_utterance_model` alone means true, as for the other flags (not given to a `bool | None` field).
+            "nargs": "?",
+            "const": True,
         },
     )
     merge_lora: bool = field(
