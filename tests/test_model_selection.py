@@ -131,7 +131,14 @@ def test_joint_model_in_two_stages_from_a_new_text_model(data, tmp_path):  # noq
     assert "eval_pair_weighted_f1" in joint_scores
 
 
-def test_freeze_utterance_model_is_for_the_joint_task(data, tmp_path):  # noqa: F811
+def test_freeze_utterance_model_flag(data, tmp_path):  # noqa: F811
+    def parsed(*extra):
+        return train.parse_arguments(["--output_dir", str(tmp_path), "--task", "joint", "--config_name", "tiny", *extra])[0]
+
+    # Unset, the joint stage of --emotion_stage_epochs freezes and a one-stage run does not; alone, the flag means true.
+    assert parsed().freeze_utterance_model is None
+    assert parsed("--freeze_utterance_model").freeze_utterance_model is True
+    assert parsed("--freeze_utterance_model", "false").freeze_utterance_model is False
     with pytest.raises(ValueError, match="--freeze_utterance_model keeps the utterance model .* needs --task joint"):
         run_train(
             tmp_path / "emotion", tmp_path / "cache", "--task", "emotion", "--config_name", "tiny", "--modalities", "text",

@@ -279,6 +279,19 @@ def test_joint_model_starts_from_a_lora_emotion_run(data, tmp_path):
     history = read_json(tmp_path / "joint" / "trainer_state.json")["log_history"]
     assert any("eval_pair_weighted_f1" in entry for entry in history)
 
+    # Frozen, with the emotion run's head: the joint model keeps that run's utterance model and predicts its emotions.
+    run_train(
+        tmp_path / "kept", tmp_path / "cache", "--task", "joint", "--model_name_or_path", str(emotion_dir),
+        "--train_file", data["labelled"], "--validation_file", data["labelled"], "--do_train", "--do_eval",
+        "--num_train_epochs", "1", "--freeze_utterance_model", "--config_overrides", "emotion_head_input=utterance_embeds",
+    )
+    kept = MMEmotionForEmotionCauseExtraction.from_pretrained(tmp_path / "kept")
+    emotion = train.load_model(MMEmotionForEmotionClassification, train.build_config(model_args, None), model_args)
+    for part in ("mmemotion", "classifier"):
+        kept_weights = getattr(kept, part).state_dict()
+        for name, parameter in getattr(emotion, part).state_dict().items():
+            torch.testing.assert_close(kept_weights[name], parameter.float(), msg=f"{part}.{name}")
+
 
 # --- arguments --------------------------------------------------------------------------------------------------------
 
