@@ -59,7 +59,7 @@ from transformers.trainer_utils import IntervalStrategy
 import ecf
 from configuration_mmemotion import MMEmotionConfig
 from modeling_mmemotion import MMEmotionForEmotionCauseExtraction, MMEmotionForEmotionClassification
-from training.checks import check_encoder_weights, check_hub, check_launch, check_video_dir
+from training.checks import check_encoder_weights, check_frozen_utterance_model, check_hub, check_launch, check_video_dir
 from training.conversations import ConversationCollator, conversation_dataset
 from training.evaluation import (
     JOINT_LABEL_NAMES,
@@ -614,11 +614,8 @@ def run_task(
             f"--train_sampling_strategy {training_args.train_sampling_strategy} groups utterances by token count: the "
             "joint task batches whole conversations, use `random` (its default) or `sequential`."
         )
-    if model_args.freeze_utterance_model and (not joint or model_args.lora_r > 0):
-        raise ValueError(
-            "--freeze_utterance_model keeps the utterance model of a joint model's checkpoint as loaded: it needs "
-            "--task joint and no --lora_r."
-        )
+    if model_args.freeze_utterance_model:
+        check_frozen_utterance_model(model_args, joint)
     check_launch()
     check_hub(training_args)
     conversations = load_conversations(data_args, training_args)

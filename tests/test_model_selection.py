@@ -144,6 +144,12 @@ def test_freeze_utterance_model_flag(data, tmp_path):  # noqa: F811
             tmp_path / "emotion", tmp_path / "cache", "--task", "emotion", "--config_name", "tiny", "--modalities", "text",
             "--train_file", data["labelled"], "--do_train", "--freeze_utterance_model", "true",
         )
+    # A new model has nothing trained to keep.
+    with pytest.raises(ValueError, match="--freeze_utterance_model keeps the utterance model .* needs --task joint and --model_name_or_path"):
+        run_train(
+            tmp_path / "new", tmp_path / "cache", "--task", "joint", "--config_name", "tiny", "--modalities", "text",
+            "--train_file", data["labelled"], "--do_train", "--freeze_utterance_model",
+        )
 
 
 def test_emotion_stage_needs_lora(data, tmp_path):  # noqa: F811

@@ -291,6 +291,13 @@ def test_joint_model_starts_from_a_lora_emotion_run(data, tmp_path):
         kept_weights = getattr(kept, part).state_dict()
         for name, parameter in getattr(emotion, part).state_dict().items():
             torch.testing.assert_close(kept_weights[name], parameter.float(), msg=f"{part}.{name}")
+    # A joint checkpoint whose emotion head reads the conversation states has no `classifier` to keep.
+    with pytest.raises(ValueError, match=r"keeps the emotion head `classifier` of .*joint, which has none"):
+        run_train(
+            tmp_path / "no-head", tmp_path / "cache", "--task", "joint", "--model_name_or_path", str(tmp_path / "joint"),
+            "--train_file", data["labelled"], "--do_train", "--freeze_utterance_model",
+            "--config_overrides", "emotion_head_input=utterance_embeds",
+        )
 
 
 # --- arguments --------------------------------------------------------------------------------------------------------

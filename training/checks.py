@@ -6,7 +6,8 @@
 #
 #     http://www.apache.org/licenses/LICENSE-2.0
 """Checks made before any work, so that a wrong setting fails in seconds instead of after hours (or not at all):
-the launch, the Hub, `--video_dir`, and encoders that would run with random weights (docs/bad-input.md)."""
+the launch, the Hub, `--video_dir`, encoders that would run with random weights, and frozen weights that a checkpoint
+does not hold (docs/bad-input.md)."""
 
 import logging
 import os
@@ -109,4 +110,30 @@ def check_encoder_weights(config: MMEmotionConfig, model_args) -> None:
             "Convert VideoLLaMA's weights with convert_videollama_to_mmemotion.py (docs/converting-videollama.md) and "
             "pass the folder as --model_name_or_path, give the text branch --text_model_name_or_path, leave the "
             "modality out (--modalities), or pass --allow_random_encoders if random encoders are what you want."
+        )
+
+
+def check_frozen_utterance_model(model_args, joint: bool) -> None:
+    """`--freeze_utterance_model` keeps a checkpoint's trained utterance model (and, for `utterance_embeds`, its emotion
+    head) as they are; anything it would freeze freshly initialised would train the pairs on random features or
+    emotions. So: a joint run from `--model_name_or_path` alone (no new text model, no LoRA), and, for
+    `emotion_head_input=utterance_embeds`, a checkpoint that has that head: an emotion classifier's, or a joint model's
+    that reads the same vectors."""
+    if not joint or model_args.lora_r > 0 or model_args.model_name_or_path is None or model_args.text_model_name_or_path:
+        raise ValueError(
+            "--freeze_utterance_model keeps the utterance model of a joint model's checkpoint as loaded: it needs "
+            "--task joint and --model_name_or_path, without --text_model_name_or_path or --lora_r."
+        )
+    saved = MMEmotionConfig.get_config_dict(model_args.model_name_or_path)[0]
+    # The config `build_config` will make: the overrides win over the checkpoint's.
+    head_input = (model_args.config_overrides or {}).get(
+        "emotion_head_input", saved.get("emotion_head_input", MMEmotionConfig.emotion_head_input)
+    )
+    if head_input != "utterance_embeds":
+        return
+    if saved.get("architectures") != ["MMEmotionForEmotionClassification"] and saved.get("emotion_head_input") != "utterance_embeds":
+        raise ValueError(
+            f"--freeze_utterance_model with emotion_head_input=utterance_embeds keeps the emotion head `classifier` of "
+            f"{model_args.model_name_or_path}, which has none (its emotion head reads the conversation states): start "
+            "from an emotion classification checkpoint, or keep emotion_head_input=utterance_states."
         )
