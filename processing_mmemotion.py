@@ -728,26 +728,39 @@ class MMEmotionProcessor(ProcessorMixin):
         )
 
     @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        # The extractors are not registered in transformers' auto mappings: build them from their nested
-        # `processor_config.json` entries with this module's classes.
-        processor_dict = processor_dict or {}
+    def _load_sub_processors(cls, pretrained_model_name_or_path, processor_dict, **kwargs) -> dict:
+        """The tokenizer and the two extractors of a saved processor, by attribute name. The extractors are not
+        registered in transformers' auto mappings: they are built from their nested `processor_config.json` entries
+        with this module's classes."""
         if "config" not in kwargs:
             # AutoTokenizer reads the model config first; the folder's `auto_map` would make it ask whether to trust
             # remote code even though the tokenizer is a stock one. Hand it the config through this module's class.
             kwargs["config"] = _load_mmemotion_config(pretrained_model_name_or_path, **kwargs)
-        tokenizer = cls._load_tokenizer_from_pretrained("tokenizer", pretrained_model_name_or_path, **kwargs)
-        extractors = []
+        sub_processors = {"tokenizer": cls._load_tokenizer_from_pretrained("tokenizer", pretrained_model_name_or_path, **kwargs)}
         for name, extractor_class in (
             ("video_feature_extractor", MMEmotionVideoFeatureExtractor),
             ("audio_feature_extractor", MMEmotionAudioFeatureExtractor),
         ):
-            config = dict(processor_dict.get(name, {}))
+            config = dict(processor_dict.get(name) or {})
             # Bookkeeping entries written by `to_dict` / `save_pretrained`, not constructor arguments.
             for key in ("feature_extractor_type", "auto_map"):
                 config.pop(key, None)
-            extractors.append(extractor_class(**config))
-        return [tokenizer, *extractors]
+            sub_processors[name] = extractor_class(**config)
+        return sub_processors
+
+    # `ProcessorMixin.from_pretrained` asks for the sub-processors through one of two hooks, depending on the
+    # transformers release: `_get_arguments_from_pretrained` (positional arguments; 5.21 and later 5.2x releases) or
+    # `_resolve_subprocessors` (instances in the processor dict; from 5.25). Both serve `_load_sub_processors`.
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        return list(cls._load_sub_processors(pretrained_model_name_or_path, processor_dict or {}, **kwargs).values())
+
+    @classmethod
+    def _resolve_subprocessors(cls, pretrained_model_name_or_path, processor_dict, **kwargs):
+        processor_dict = {**processor_dict, **cls._load_sub_processors(pretrained_model_name_or_path, processor_dict, **kwargs)}
+        # The Hub arguments were for loading; what is left goes to `from_dict` (which ignores unknown keys).
+        kwargs.pop("return_unused_kwargs", None)
+        return processor_dict, kwargs
 
     @property
     def model_input_names(self) -> list[str]:
