@@ -222,6 +222,11 @@ class MMEmotionConfig(PreTrainedConfig):
             Dropout of the heads.
         class_weights (`list[float]`, *optional*):
             Per-class weights of the emotion cross-entropy (for example inverse label frequencies).
+        neutral_logit_offset (`float`, *optional*, defaults to 0.0):
+            Added to the `"neutral"` emotion logit by both task models (in training too), so that below 0 fewer
+            utterances are predicted neutral (and, in the emotion-cause model, more of them get cause pairs). A model
+            trained with cross-entropy predicts neutral at about its training rate; train.py sets this offset on the
+            validation conversations after training, when the tuned offset also wins on held-out folds of them.
         context_encoder (`str`, *optional*, defaults to `"bilstm"`):
             Conversation encoder of the emotion-cause model: `"bilstm"` (as the seed's joint model) or
             `"transformer"`.
@@ -292,6 +297,7 @@ class MMEmotionConfig(PreTrainedConfig):
     classifier_hidden_size: int = 512
     classifier_dropout: float = 0.3
     class_weights: list[float] | None = None
+    neutral_logit_offset: float = 0.0
     context_encoder: Literal["bilstm", "transformer"] = "bilstm"
     context_hidden_size: int = 256
     context_num_layers: int = 1
@@ -337,6 +343,10 @@ class MMEmotionConfig(PreTrainedConfig):
             raise ValueError(
                 f"`emotion_head_input` must be 'utterance_states' or 'utterance_embeds', got {self.emotion_head_input!r}."
             )
+        if isinstance(self.neutral_logit_offset, bool) or not isinstance(self.neutral_logit_offset, (int, float)):
+            raise ValueError(f"`neutral_logit_offset` must be a number, got {self.neutral_logit_offset!r}.")
+        if self.neutral_logit_offset and "neutral" not in self.id2label.values():
+            raise ValueError(f"`neutral_logit_offset` is {self.neutral_logit_offset} but no label is 'neutral': {self.id2label}.")
         if self.class_weights is not None and len(self.class_weights) != self.num_labels:
             raise ValueError(f"`class_weights` has {len(self.class_weights)} values for {self.num_labels} labels.")
 

@@ -136,6 +136,16 @@ def _emotion_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, config: M
     )
 
 
+def _offset_neutral_logit(logits: torch.Tensor, config: MMEmotionConfig) -> torch.Tensor:
+    """`logits` with `config.neutral_logit_offset` added to the neutral label's logit (read at each call: train.py
+    sets the offset after training)."""
+    if not config.neutral_logit_offset:
+        return logits
+    offset = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+    offset[config.label2id["neutral"]] = config.neutral_logit_offset
+    return logits + offset
+
+
 class VideoLlamaVideoEncoder(nn.Module):
     """VideoLLaMA's video branch: frames -> EVA ViT -> BLIP-2 Q-Former -> frame positions -> video Q-Former -> projection."""
 
@@ -738,7 +748,7 @@ class MMEmotionForEmotionClassification(MMEmotionPreTrainedModel):
             audio_values=audio_values, audio_clip_mask=audio_clip_mask, audio_mask=audio_mask,
             text_features=text_features, video_features=video_features, audio_features=audio_features,
         )  # fmt: skip
-        logits = self.classifier(outputs.pooler_output)
+        logits = _offset_neutral_logit(self.classifier(outputs.pooler_output), self.config)
         loss = None if labels is None else _emotion_cross_entropy(logits, labels, self.config)
         return MMEmotionClassifierOutput(
             loss=loss, logits=logits, pooler_output=outputs.pooler_output, modality_mask=outputs.modality_mask
@@ -964,7 +974,9 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
             emotion_logits = self.classifier(utterance_embeds)
         else:
             emotion_logits = self.emotion_classifier(utterance_states)
+        # The pair scorer reads the head's own distribution: the offset decides the emotions, not the pair scores.
         cause_logits = self.pair_scorer(utterance_states, emotion_logits.softmax(dim=-1), speaker_ids)
+        emotion_logits = _offset_neutral_logit(emotion_logits, self.config)
         candidates = _candidate_pairs(utterance_mask, self.config.cause_window)
         cause_logits = cause_logits.masked_fill(~candidates, torch.finfo(cause_logits.dtype).min)
 

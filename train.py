@@ -68,6 +68,7 @@ from training.evaluation import (
     joint_logits,
     joint_metrics,
     tune_joint_threshold,
+    tune_neutral_logit_offset,
     write_emotion_predictions,
     write_joint_predictions,
 )
@@ -707,15 +708,16 @@ def run_task(
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
-        if joint:
-            # The pair threshold of the trained model, tuned on the validation conversations.
-            if "validation" in splits:
-                trainer.model_card_info.calibration = tune_joint_threshold(
-                    trainer, splits["validation"], conversations["validation"]
-                )
-                logger.info(trainer.model_card_info.calibration)
-            else:
-                logger.warning(f"No validation data to calibrate the {data_args.task} model on: its config stays as it is.")
+        # The decoding settings of the trained model, tuned on the validation conversations: the neutral-logit offset,
+        # then (for the pairs of the emotions it gives) the pair threshold.
+        if "validation" in splits:
+            calibration = trainer.model_card_info.calibration
+            calibration.append(tune_neutral_logit_offset(trainer, splits["validation"]))
+            if joint:
+                calibration.append(tune_joint_threshold(trainer, splits["validation"], conversations["validation"]))
+            logger.info(" ".join(calibration))
+        else:
+            logger.warning(f"No validation data to calibrate the {data_args.task} model on: its config stays as it is.")
 
     if training_args.do_eval:
         metrics = {**trainer.evaluate(), "eval_samples": len(splits["validation"])}

@@ -13,9 +13,10 @@ import train
 from configuration_mmemotion import MMEmotionConfig
 from modeling_mmemotion import MMEmotionForEmotionCauseExtraction, MMEmotionForEmotionClassification
 from test_train import minilm_path, read_json
+from test_modeling import random_inputs
 from test_trust import render_card
 from test_train_joint import LogMessages, data, run_train  # noqa: F401 (data: the cue-word conversations fixture)
-from training.evaluation import ConversationPredictions, select_cause_threshold
+from training.evaluation import ConversationPredictions, select_cause_threshold, select_neutral_logit_offset
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,24 +50,78 @@ def joint_model():
 def test_a_tuned_threshold_that_wins_on_held_out_folds_is_kept(joint_model):
     predictions, references = two_utterance_predictions(20, self_cause_probability=0.62)
     selection = select_cause_threshold(joint_model, predictions, references)
-    assert selection.fixed_f1 < 1.0 and selection.tuned_threshold == 0.65
-    assert selection.fold_thresholds == [0.65] * 5 and selection.cross_fitted_f1 == pytest.approx(1.0)
-    assert selection.threshold == 0.65
+    assert selection.fixed_score < 1.0 and selection.tuned_value == 0.65
+    assert selection.fold_values == [0.65] * 5 and selection.cross_fitted_score == pytest.approx(1.0)
+    assert selection.value == 0.65
 
 
 def test_a_tuned_threshold_that_does_not_win_on_held_out_folds_is_not_kept(joint_model):
     # Every threshold from 0.3 up is perfect: tuning picks the lowest, 0.3, and gains nothing on the held-out folds.
     predictions, references = two_utterance_predictions(20, self_cause_probability=0.28)
     selection = select_cause_threshold(joint_model, predictions, references)
-    assert selection.tuned_threshold == 0.3 and selection.cross_fitted_f1 == pytest.approx(selection.fixed_f1)
-    assert selection.threshold == 0.5
+    assert selection.tuned_value == 0.3 and selection.cross_fitted_score == pytest.approx(selection.fixed_score)
+    assert selection.value == 0.5
 
 
 def test_too_few_conversations_for_the_folds_keep_the_fixed_threshold(joint_model):
     predictions, references = two_utterance_predictions(9, self_cause_probability=0.62)
     selection = select_cause_threshold(joint_model, predictions, references)
-    assert selection.tuned_threshold == 0.65 and math.isnan(selection.cross_fitted_f1) and not selection.fold_thresholds
-    assert selection.threshold == 0.5
+    assert selection.tuned_value == 0.65 and math.isnan(selection.cross_fitted_score) and not selection.fold_values
+    assert selection.value == 0.5
+
+
+def neutral_biased_logits(num_conversations, joy_margin, neutral_margin=1.0):
+    """Conversations of 3 joy utterances and 2 neutral ones, from a model that leans to neutral: on the joy ones the
+    neutral logit is `joy_margin` above the joy logit (below 0: joy is predicted), on the neutral ones `neutral_margin`
+    above it."""
+    labels = [JOY, JOY, JOY, 0, 0] * num_conversations
+    logits = torch.zeros(len(labels), 7)
+    logits[:, JOY] = 1.0
+    logits[:, 0] = torch.tensor([1.0 + (joy_margin if label == JOY else neutral_margin) for label in labels])
+    conversation_ids = [conversation for conversation in range(num_conversations) for _ in range(5)]
+    return logits, labels, conversation_ids
+
+
+def test_a_neutral_logit_offset_that_wins_on_held_out_folds_is_kept_and_applied(joint_model):
+    logits, labels, conversation_ids = neutral_biased_logits(20, joy_margin=0.32)
+    config = MMEmotionConfig.from_pretrained(os.path.join(ROOT, "presets", "tiny"))
+    selection = select_neutral_logit_offset(config, logits, labels, conversation_ids)
+    # Every joy utterance is predicted neutral at 0; -0.35 is the smallest change that gets them all (the neutral ones
+    # stay neutral down to -1.0).
+    assert selection.fixed_value == 0.0 and selection.fixed_score < 0.3
+    assert selection.tuned_value == -0.35 and selection.fold_values == [-0.35] * 5
+    assert selection.cross_fitted_score == pytest.approx(1.0) and selection.value == -0.35
+    # Both task models add the offset to the neutral logit alone; the pair scores do not move.
+    classifier = MMEmotionForEmotionClassification(config).eval()
+    inputs = random_inputs(config, batch_size=4)
+    joint_inputs = {name: value[None] for name, value in inputs.items()}
+    with torch.no_grad():
+        before = classifier(**inputs).logits
+        joint_before = joint_model(utterance_mask=torch.ones(1, 4, dtype=torch.long), **joint_inputs)
+        classifier.config.neutral_logit_offset = joint_model.config.neutral_logit_offset = selection.value
+        after = classifier(**inputs).logits
+        joint_after = joint_model(utterance_mask=torch.ones(1, 4, dtype=torch.long), **joint_inputs)
+    joint_model.config.neutral_logit_offset = 0.0
+    for old, new in ((before, after), (joint_before.emotion_logits, joint_after.emotion_logits)):
+        torch.testing.assert_close(new[..., 0], old[..., 0] - 0.35)
+        torch.testing.assert_close(new[..., 1:], old[..., 1:])
+    torch.testing.assert_close(joint_after.cause_logits, joint_before.cause_logits)
+
+
+def test_a_neutral_logit_offset_that_does_not_win_on_held_out_folds_is_not_kept():
+    # The model already separates the two emotions: no offset does better than 0, which is kept (first of equal scores).
+    logits, labels, conversation_ids = neutral_biased_logits(20, joy_margin=-0.5)
+    config = MMEmotionConfig.from_pretrained(os.path.join(ROOT, "presets", "tiny"), neutral_logit_offset=0.2)
+    selection = select_neutral_logit_offset(config, logits + torch.nn.functional.one_hot(torch.tensor(0), 7) * 0.2, labels, conversation_ids)
+    assert selection.fixed_score == pytest.approx(1.0) and selection.tuned_value == 0.0
+    assert selection.cross_fitted_score == pytest.approx(1.0) and selection.value == 0.2  # no gain: the current one stays
+    # Unlabelled utterances are left out; a setting that is not a number, or an offset without a neutral label, is an error.
+    unlabelled = select_neutral_logit_offset(config, logits, [-100] * 5 + labels[5:], conversation_ids)
+    assert len(unlabelled.fold_values) == 5
+    with pytest.raises(ValueError, match="`neutral_logit_offset` must be a number, got 'low'"):
+        MMEmotionConfig(neutral_logit_offset="low")
+    with pytest.raises(ValueError, match="no label is 'neutral'"):
+        MMEmotionConfig(neutral_logit_offset=-0.5, num_labels=2, id2label={0: "happy", 1: "sad"})
 
 
 def test_defaults_of_a_new_text_model_and_of_a_preset(tmp_path):
@@ -111,6 +166,7 @@ def test_joint_model_in_two_stages_from_a_new_text_model(data, tmp_path):  # noq
     joint = MMEmotionForEmotionCauseExtraction.from_pretrained(output_dir)
     emotion = MMEmotionForEmotionClassification.from_pretrained(stage_dir)
     assert joint.config.emotion_head_input == "utterance_embeds"
+    assert joint.config.neutral_logit_offset == emotion.config.neutral_logit_offset  # the stage's emotions, as decided
     # The joint stage kept the stage's utterance model and emotion head as they were, so it predicts the same emotions.
     kept = {**joint.mmemotion.state_dict(), **{f"classifier.{n}": p for n, p in joint.classifier.state_dict().items()}}
     stage = {**emotion.mmemotion.state_dict(), **{f"classifier.{n}": p for n, p in emotion.classifier.state_dict().items()}}
@@ -161,7 +217,9 @@ def test_emotion_stage_needs_lora(data, tmp_path):  # noqa: F811
 
 
 def test_model_card_calls_scores_optimistic_only_when_validation_chose_the_threshold(tmp_path):
-    fixed = render_card(tmp_path / "fixed", "joint", "Pair threshold 0.5 (the fixed one) ...", do_train=True).text
+    fixed = render_card(tmp_path / "fixed", "joint", ["Pair threshold 0.5 (unchanged) ..."], do_train=True).text
     assert "optimistic" not in fixed and "the last epoch kept" in fixed
-    tuned = render_card(tmp_path / "tuned", "joint", "Pair threshold 0.7 (the tuned one) ...", threshold_tuned=True, do_train=True).text
+    tuned = render_card(
+        tmp_path / "tuned", "joint", ["Pair threshold 0.7 (tuned) ..."], ["the pair threshold"], do_train=True
+    ).text
     assert "The same validation conversations chose the pair threshold: these scores are optimistic" in tuned

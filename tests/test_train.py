@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -211,6 +212,10 @@ def test_text_only_model_from_a_pretrained_text_encoder_with_predictions(tmp_pat
         assert (output_dir / name).is_file(), name
     card = (output_dir / "README.md").read_text()
     assert "| weighted_f1 |" in card and "| 4 | joy |" in card and "trust_remote_code=True" in card
+    # After training, the neutral-logit offset was checked on the validation conversations; the card says what was kept.
+    offset = config["neutral_logit_offset"]
+    assert re.search(rf"Neutral-logit offset {offset} \((tuned|unchanged)\) on the \d+ validation conversations: tuned on 4 of 5 folds", card)
+    assert f"- Neutral-logit offset: {offset} (`config.neutral_logit_offset`" in card
 
     # predictions.json: the test conversations in the input format, with an emotion and probabilities per utterance.
     predictions, inputs = read_json(output_dir / "predictions.json"), read_json(data["test"])

@@ -186,8 +186,10 @@ def test_threshold_is_tuned_saved_and_on_the_model_card(joint_run):
     threshold = config["cause_threshold"]
     assert threshold in [round(0.05 * step, 2) for step in range(1, 20)]
     card = (output_dir / "README.md").read_text()
-    assert re.search(rf"Pair threshold {threshold} \(the (tuned|fixed) one\) on the 32 validation conversations: tuned on 4 "
-                     r"of 5 folds and scored on the fifth", card)
+    offset = config["neutral_logit_offset"]
+    for setting in (f"Pair threshold {threshold}", f"Neutral-logit offset {offset}"):
+        assert re.search(rf"{setting} \((tuned|unchanged)\) on the 32 validation conversations: tuned on 4 of 5 folds and "
+                         r"scored on the fifth", card)
     assert f"- Pair threshold: {threshold} (`config.cause_threshold`" in card
     assert "| pair_weighted_f1 |" in card and "| weighted_f1 |" in card and "emotion-cause pair extraction" in card
     assert "the last epoch kept" in card

@@ -177,7 +177,7 @@ def test_empty_transcript_in_a_training_file_is_masked_and_named(tmp_path, data,
     assert len(rows) == sum(len(conversation["conversation"]) for conversation in conversations)
 
 
-def render_card(output_dir, task="emotion", calibration=None, threshold_tuned=False, **training_arguments):
+def render_card(output_dir, task="emotion", calibration=(), tuned_on_validation=(), **training_arguments):
     """The model card of a run with these training arguments, written and read back with huggingface_hub."""
     config = MMEmotionConfig.from_pretrained(os.path.join(ROOT, "presets", "tiny"))
     training_args = train.MMEmotionTrainingArguments(output_dir=str(output_dir), **training_arguments)
@@ -186,8 +186,8 @@ def render_card(output_dir, task="emotion", calibration=None, threshold_tuned=Fa
     matrix = np.eye(len(labels), dtype=int).tolist()
     ecf.plot_confusion_matrix(matrix, labels, os.path.join(output_dir, CONFUSION_MATRIX_FILE), title="validation")
     info = ModelCardInfo(
-        text_model=None, lora=None, training_data=["train: 3 conversations"], task=task, calibration=calibration,
-        threshold_tuned=threshold_tuned,
+        text_model=None, lora=None, training_data=["train: 3 conversations"], task=task, calibration=list(calibration),
+        tuned_on_validation=list(tuned_on_validation),
         eval_metrics={"accuracy": 0.51234, "weighted_f1": 0.4321, "loss": 1.2, "confusion_matrix": matrix},
     )
     render_model_card(config, training_args, info).save(output_dir / "README.md")
@@ -212,7 +212,7 @@ def test_model_card_says_when_the_validation_set_chose_the_epoch_and_threshold(t
         "The same validation conversations chose the epoch (best validation weighted_f1): these scores are optimistic"
     ) in trained
     calibrated = render_card(
-        tmp_path / "joint", "joint", "Pair threshold 0.4 tuned on ...", threshold_tuned=True, do_train=True,
+        tmp_path / "joint", "joint", ["Pair threshold 0.4 tuned on ..."], ["the pair threshold"], do_train=True,
         load_best_model_at_end=True,
     ).text
     assert "chose the epoch (best validation weighted_f1) and the pair threshold: these scores" in calibrated

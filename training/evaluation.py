@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
 import evaluate
 import numpy as np
 import torch
+from sklearn.metrics import f1_score
 from transformers import EvalPrediction, PreTrainedModel, Trainer
 from transformers.trainer_utils import PredictionOutput
 
@@ -129,18 +131,61 @@ def tune_cause_threshold(
 
 
 @dataclass
-class ThresholdSelection:
-    """What `select_cause_threshold` found: the threshold to keep and the scores behind the choice."""
+class CrossFittedSelection:
+    """What `select_by_cross_fitting` found: the value to keep and the scores behind the choice."""
 
-    threshold: float
-    fixed_threshold: float
-    tuned_threshold: float
-    # Weighted pair F1 on all the conversations at the fixed threshold and at the tuned one (tuned on them all).
-    fixed_f1: float
-    tuned_f1: float
-    # Each fold scored at the threshold tuned on the other folds, all folds pooled: what tuning gives on unseen data.
-    cross_fitted_f1: float
-    fold_thresholds: list[float] = field(default_factory=list)
+    value: float
+    fixed_value: float
+    tuned_value: float
+    # The score of all the rows at the fixed value and at the tuned one (tuned on them all).
+    fixed_score: float
+    tuned_score: float
+    # Each fold scored at the value tuned on the other folds, all folds pooled: what tuning gives on unseen data.
+    cross_fitted_score: float
+    fold_values: list[float] = field(default_factory=list)
+
+
+def select_by_cross_fitting(
+    candidates: Sequence[float],
+    fixed: float,
+    num_rows: int,
+    score: Callable[[Mapping[int, float], Sequence[int]], float],
+    num_folds: int = 5,
+) -> CrossFittedSelection:
+    """Tunes a decoding setting only where tuning holds up on rows (conversations) it was not tuned on.
+
+    `score(values, rows)` is the metric of `rows` decoded each with its `values[row]`. The rows are dealt into
+    `num_folds` folds; each fold is decoded at the candidate tuned on the other folds and the pooled folds are scored
+    (the cross-fitted score). The candidate tuned on all the rows is kept if the cross-fitted score beats `fixed` on
+    the same rows; otherwise `fixed` stays, as it does when there are too few rows for the folds. Of candidates with
+    equal scores, the first one wins.
+    """
+
+    def score_at(value: float, rows: Sequence[int]) -> float:
+        return score(dict.fromkeys(rows, value), rows)
+
+    def tune(rows: Sequence[int]) -> float:
+        scores = [score_at(candidate, rows) for candidate in candidates]
+        return candidates[scores.index(max(scores))]
+
+    every_row = list(range(num_rows))
+    tuned = tune(every_row)
+    selection = CrossFittedSelection(
+        value=fixed, fixed_value=fixed, tuned_value=tuned, fixed_score=score_at(fixed, every_row),
+        tuned_score=score_at(tuned, every_row), cross_fitted_score=float("nan"),
+    )
+    if num_rows < 2 * num_folds:
+        return selection
+    folds = [every_row[fold::num_folds] for fold in range(num_folds)]
+    values = {}
+    for fold, rows in enumerate(folds):
+        value = tune([row for other, other_rows in enumerate(folds) if other != fold for row in other_rows])
+        selection.fold_values.append(value)
+        values.update(dict.fromkeys(rows, value))
+    selection.cross_fitted_score = score(values, every_row)
+    if selection.cross_fitted_score > selection.fixed_score:
+        selection.value = tuned
+    return selection
 
 
 def select_cause_threshold(
@@ -150,55 +195,73 @@ def select_cause_threshold(
     num_folds: int = 5,
     thresholds: Sequence[float] | None = None,
     metric: evaluate.EvaluationModule | None = None,
-) -> ThresholdSelection:
-    """Tunes the pair threshold only where tuning holds up on conversations it was not tuned on.
-
-    The conversations are dealt into `num_folds` folds; each fold is decoded at the threshold tuned on the others and
-    the pooled folds are scored (the cross-fitted F1). The threshold tuned on all the conversations is kept if the
-    cross-fitted F1 beats the model's current threshold (`config.cause_threshold`) on the same conversations;
-    otherwise the current one stays. Too few conversations for the folds: the current threshold stays.
-    """
-    thresholds = CAUSE_THRESHOLDS if thresholds is None else list(thresholds)
+) -> CrossFittedSelection:
+    """The pair threshold (weighted pair F1) by `select_by_cross_fitting` over the conversations, against the model's
+    current `config.cause_threshold`; of equal scores the lowest threshold wins."""
+    thresholds = CAUSE_THRESHOLDS if thresholds is None else sorted(thresholds)
     metric = evaluate.load(ECPE_PAIR_F1) if metric is None else metric
     references = pair_records(references)
     fixed = model.config.cause_threshold
-    candidates = sorted({*thresholds, fixed})
     submissions = {
         threshold: pairs_to_submission(
             predictions,
             model.decode_pairs(predictions.emotion_logits, predictions.cause_logits, predictions.utterance_mask, threshold=threshold),
             model.config.id2label,
         )
-        for threshold in candidates
+        for threshold in sorted({*thresholds, fixed})
     }
 
-    def score(threshold: float, rows: Sequence[int]) -> float:
+    def score(values: Mapping[int, float], rows: Sequence[int]) -> float:
         return metric.compute(
-            predictions=[submissions[threshold][row] for row in rows], references=[references[row] for row in rows]
+            predictions=[submissions[values[row]][row] for row in rows], references=[references[row] for row in rows]
         )["weighted_f1"]
 
-    def tune(rows: Sequence[int]) -> float:
-        return best_threshold({threshold: score(threshold, rows) for threshold in thresholds})
+    return select_by_cross_fitting(thresholds, fixed, len(references), score, num_folds)
 
-    every_row = list(range(len(references)))
-    tuned = tune(every_row)
-    selection = ThresholdSelection(
-        threshold=fixed, fixed_threshold=fixed, tuned_threshold=tuned, fixed_f1=score(fixed, every_row),
-        tuned_f1=score(tuned, every_row), cross_fitted_f1=float("nan"),
-    )
-    if len(references) < 2 * num_folds:
-        return selection
-    folds = [every_row[fold::num_folds] for fold in range(num_folds)]
-    cross_fitted = []
-    for fold, rows in enumerate(folds):
-        threshold = tune([row for other, other_rows in enumerate(folds) if other != fold for row in other_rows])
-        selection.fold_thresholds.append(threshold)
-        cross_fitted.extend(submissions[threshold][row] for row in rows)
-    pooled_references = [references[row] for rows in folds for row in rows]
-    selection.cross_fitted_f1 = metric.compute(predictions=cross_fitted, references=pooled_references)["weighted_f1"]
-    if selection.cross_fitted_f1 > selection.fixed_f1:
-        selection.threshold = tuned
-    return selection
+
+# The neutral-logit offsets scanned: -1.5, ..., 1.0 in steps of 0.05, nearest to 0 first (of equal scores, the
+# smallest change wins).
+NEUTRAL_LOGIT_OFFSETS = sorted((round(0.05 * step, 2) for step in range(-30, 21)), key=abs)
+
+
+def select_neutral_logit_offset(
+    config,
+    emotion_logits: torch.Tensor,
+    labels: Sequence[int],
+    conversation_ids: Sequence[int],
+    num_folds: int = 5,
+    offsets: Sequence[float] | None = None,
+) -> CrossFittedSelection:
+    """`config.neutral_logit_offset` by `select_by_cross_fitting` over the conversations (emotion weighted F1 of their
+    utterances), against the current offset.
+
+    Args:
+        config: the model's `MMEmotionConfig` (labels, current offset).
+        emotion_logits: `(num_utterances, num_labels)` logits of the validation utterances, computed with the
+            current offset.
+        labels: each utterance's gold emotion id; `ecf.IGNORE_INDEX` (unlabelled) utterances are left out.
+        conversation_ids: each utterance's conversation: folds hold whole conversations.
+    """
+    offsets = NEUTRAL_LOGIT_OFFSETS if offsets is None else list(offsets)
+    labels = np.asarray(labels)
+    labelled = labels != ecf.IGNORE_INDEX
+    neutral = config.label2id["neutral"]
+    # Logits without any offset, and the neutral column apart: decoding at an offset is one comparison.
+    logits = emotion_logits.float().numpy()[labelled]
+    neutral_logits = logits[:, neutral] - config.neutral_logit_offset
+    best_other = np.delete(logits, neutral, axis=1)
+    best_other_id = np.delete(np.arange(logits.shape[1]), neutral)[best_other.argmax(axis=1)]
+    best_other = best_other.max(axis=1)
+    labels = labels[labelled]
+    _, conversation_rows = np.unique(np.asarray(conversation_ids)[labelled], return_inverse=True)
+
+    def score(values: Mapping[int, float], rows: Sequence[int]) -> float:
+        offset = np.array([values.get(row, np.nan) for row in range(conversation_rows.max() + 1)])[conversation_rows]
+        utterances = ~np.isnan(offset)
+        predictions = np.where(neutral_logits + offset >= best_other, neutral, best_other_id)
+        return float(f1_score(labels[utterances], predictions[utterances], average="weighted", zero_division=0))
+
+    return select_by_cross_fitting(offsets, config.neutral_logit_offset, conversation_rows.max() + 1, score, num_folds)
 
 
 def emotion_metrics(model: PreTrainedModel) -> Callable[[EvalPrediction], dict[str, Any]]:
@@ -283,27 +346,53 @@ def joint_metrics(model: MMEmotionForEmotionCauseExtraction) -> Callable[[EvalPr
     return compute_metrics
 
 
+def describe_selection(name: str, selection: CrossFittedSelection, score_name: str, num_conversations: int) -> str:
+    """The model-card line on what `select_by_cross_fitting` kept and why."""
+    if selection.fold_values:
+        check = (
+            f"tuned on 4 of 5 folds and scored on the fifth, it gave a {score_name} of {selection.cross_fitted_score:.4f} "
+            f"(fold values {', '.join(map(str, selection.fold_values))}), against {selection.fixed_score:.4f} at "
+            f"{selection.fixed_value}"
+        )
+    else:
+        check = "too few for 5 folds to check a tuned value on"
+    kept = "tuned" if selection.value != selection.fixed_value else "unchanged"
+    return (
+        f"{name} {selection.value} ({kept}) on the {num_conversations} validation conversations: {check}; "
+        f"tuned on all of them: {selection.tuned_value} ({score_name} {selection.tuned_score:.4f})."
+    )
+
+
+def tune_neutral_logit_offset(trainer: Trainer, dataset: ConversationDataset | datasets.Dataset) -> str:
+    """Sets `neutral_logit_offset` to the one tuned on the validation utterances (emotion weighted F1) if tuning also
+    wins on the folds of conversations it did not see (`select_neutral_logit_offset`); returns the model-card line."""
+    config = trainer.model.config
+    output = trainer.predict(dataset, metric_key_prefix="tuning")
+    if isinstance(dataset, ConversationDataset):
+        predictions = conversation_predictions(dataset, output)
+        logits = predictions.emotion_logits[predictions.utterance_mask.bool()]
+        labels = [label for labels in dataset.conversations["labels"] for label in labels]
+        conversation_ids = np.repeat(dataset.conversations["conversation_id"], np.diff(dataset.offsets))
+    else:
+        logits = torch.from_numpy(output.predictions)
+        labels, conversation_ids = dataset["label"], dataset["conversation_id"]
+    selection = select_neutral_logit_offset(config, logits, labels, conversation_ids)
+    config.neutral_logit_offset = selection.value
+    if selection.value != selection.fixed_value:
+        trainer.model_card_info.tuned_on_validation.append("the neutral-logit offset")
+    return describe_selection("Neutral-logit offset", selection, "emotion weighted F1", len(set(conversation_ids)))
+
+
 def tune_joint_threshold(trainer: Trainer, dataset: ConversationDataset, conversations: list[dict]) -> str:
     """Sets `cause_threshold` to the one tuned on the validation conversations if tuning also wins on the folds it did
     not see (`select_cause_threshold`); returns the model-card line saying what was chosen and why."""
     model = trainer.model
     predictions = conversation_predictions(dataset, trainer.predict(dataset, metric_key_prefix="tuning"))
     selection = select_cause_threshold(model, predictions, conversations)
-    model.config.cause_threshold = selection.threshold
-    trainer.model_card_info.threshold_tuned = selection.threshold != selection.fixed_threshold
-    if selection.fold_thresholds:
-        check = (
-            f"tuned on 4 of 5 folds and scored on the fifth, the pair threshold gave a weighted pair F1 of "
-            f"{selection.cross_fitted_f1:.4f} (fold thresholds {', '.join(map(str, selection.fold_thresholds))}), "
-            f"against {selection.fixed_f1:.4f} at {selection.fixed_threshold}"
-        )
-    else:
-        check = "too few for 5 folds to check a tuned threshold on"
-    kept = "the tuned" if selection.threshold != selection.fixed_threshold else "the fixed"
-    return (
-        f"Pair threshold {selection.threshold} ({kept} one) on the {len(conversations)} validation conversations: {check}; "
-        f"tuned on all of them: {selection.tuned_threshold} (weighted pair F1 {selection.tuned_f1:.4f})."
-    )
+    model.config.cause_threshold = selection.value
+    if selection.value != selection.fixed_value:
+        trainer.model_card_info.tuned_on_validation.append("the pair threshold")
+    return describe_selection("Pair threshold", selection, "weighted pair F1", len(conversations))
 
 
 def write_joint_predictions(

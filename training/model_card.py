@@ -8,7 +8,7 @@
 """The model card of a training run: `model_card_template.md` filled in with the run's config, data and scores."""
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -37,10 +37,10 @@ class ModelCardInfo:
     lora: str | None
     training_data: list[str]
     task: str = "emotion"
-    # What the calibration after training did to the model, e.g. the tuned pair threshold.
-    calibration: str | None = None
-    # Whether the validation data chose the pair threshold (its scores are then optimistic).
-    threshold_tuned: bool = False
+    # What the calibration after training did to the model, a line per setting (neutral-logit offset, pair threshold).
+    calibration: list[str] = field(default_factory=list)
+    # The settings the validation data chose, e.g. "the pair threshold" (its scores are then optimistic).
+    tuned_on_validation: list[str] = field(default_factory=list)
     eval_metrics: dict[str, Any] | None = None
 
 
@@ -78,8 +78,7 @@ def render_model_card(config: MMEmotionConfig, training_args: TrainingArguments,
     chosen_on_validation = []
     if training_args.do_train and training_args.load_best_model_at_end:
         chosen_on_validation.append(f"the epoch (best validation {training_args.metric_for_best_model})")
-    if info.threshold_tuned:
-        chosen_on_validation.append("the pair threshold")
+    chosen_on_validation.extend(info.tuned_on_validation)
     encoders = ", ".join(
         f"{modality} ({'frozen' if getattr(config, f'freeze_{modality}_encoder') else 'trained'})"
         for modality in config.modalities
