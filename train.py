@@ -63,12 +63,11 @@ from training.checks import check_encoder_weights, check_frozen_utterance_model,
 from training.conversations import ConversationCollator, conversation_dataset
 from training.evaluation import (
     JOINT_LABEL_NAMES,
+    calibrate_on_validation,
     emotion_logits,
     emotion_metrics,
     joint_logits,
     joint_metrics,
-    tune_joint_threshold,
-    tune_neutral_logit_offset,
     write_emotion_predictions,
     write_joint_predictions,
 )
@@ -711,11 +710,10 @@ def run_task(
         # The decoding settings of the trained model, tuned on the validation conversations: the neutral-logit offset,
         # then (for the pairs of the emotions it gives) the pair threshold.
         if "validation" in splits:
-            calibration = trainer.model_card_info.calibration
-            calibration.append(tune_neutral_logit_offset(trainer, splits["validation"]))
-            if joint:
-                calibration.append(tune_joint_threshold(trainer, splits["validation"], conversations["validation"]))
-            logger.info(" ".join(calibration))
+            trainer.model_card_info.calibration = calibrate_on_validation(
+                trainer, splits["validation"], conversations["validation"]
+            )
+            logger.info(" ".join(trainer.model_card_info.calibration))
         else:
             logger.warning(f"No validation data to calibrate the {data_args.task} model on: its config stays as it is.")
 

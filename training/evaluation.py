@@ -6,8 +6,9 @@
 #
 #     http://www.apache.org/licenses/LICENSE-2.0
 """From the model's outputs to scores and predictions: `compute_metrics` of both tasks (the `metrics/` modules), the
-pair threshold tuned on validation predictions with the official weighted pair F1 (`tune_cause_threshold`), kept only
-if tuning also wins on conversations it did not see (`select_cause_threshold`), and the predictions files."""
+pair threshold tuned on validation predictions with the official weighted pair F1 (`tune_cause_threshold`), the
+decoding settings set after training (the neutral-logit offset and the pair threshold), each kept only if tuning also
+wins on conversations it did not see (`calibrate_on_validation`), and the predictions files."""
 
 import logging
 import os
@@ -254,14 +255,17 @@ def select_neutral_logit_offset(
     best_other = best_other.max(axis=1)
     labels = labels[labelled]
     _, conversation_rows = np.unique(np.asarray(conversation_ids)[labelled], return_inverse=True)
+    num_conversations = int(conversation_rows.max()) + 1
 
     def score(values: Mapping[int, float], rows: Sequence[int]) -> float:
-        offset = np.array([values.get(row, np.nan) for row in range(conversation_rows.max() + 1)])[conversation_rows]
-        utterances = ~np.isnan(offset)
+        offset_of_conversation = np.full(num_conversations, np.nan)
+        offset_of_conversation[list(values)] = list(values.values())
+        offset = offset_of_conversation[conversation_rows]
+        scored = ~np.isnan(offset)
         predictions = np.where(neutral_logits + offset >= best_other, neutral, best_other_id)
-        return float(f1_score(labels[utterances], predictions[utterances], average="weighted", zero_division=0))
+        return float(f1_score(labels[scored], predictions[scored], average="weighted", zero_division=0))
 
-    return select_by_cross_fitting(offsets, config.neutral_logit_offset, conversation_rows.max() + 1, score, num_folds)
+    return select_by_cross_fitting(offsets, config.neutral_logit_offset, num_conversations, score, num_folds)
 
 
 def emotion_metrics(model: PreTrainedModel) -> Callable[[EvalPrediction], dict[str, Any]]:
@@ -363,12 +367,17 @@ def describe_selection(name: str, selection: CrossFittedSelection, score_name: s
     )
 
 
-def tune_neutral_logit_offset(trainer: Trainer, dataset: ConversationDataset | datasets.Dataset) -> str:
-    """Sets `neutral_logit_offset` to the one tuned on the validation utterances (emotion weighted F1) if tuning also
-    wins on the folds of conversations it did not see (`select_neutral_logit_offset`); returns the model-card line."""
+def calibrate_on_validation(
+    trainer: Trainer, dataset: ConversationDataset | datasets.Dataset, conversations: list[dict]
+) -> list[str]:
+    """After training: sets the neutral-logit offset (emotion weighted F1) and, for an emotion-cause model, then the pair
+    threshold (weighted pair F1 of the emotions that offset gives), each to the value tuned on the validation
+    conversations if tuning also wins on the folds it did not see (`select_by_cross_fitting`). Returns the model-card
+    line of each setting."""
     config = trainer.model.config
     output = trainer.predict(dataset, metric_key_prefix="tuning")
-    if isinstance(dataset, ConversationDataset):
+    joint = isinstance(dataset, ConversationDataset)
+    if joint:
         predictions = conversation_predictions(dataset, output)
         logits = predictions.emotion_logits[predictions.utterance_mask.bool()]
         labels = [label for labels in dataset.conversations["labels"] for label in labels]
@@ -376,23 +385,21 @@ def tune_neutral_logit_offset(trainer: Trainer, dataset: ConversationDataset | d
     else:
         logits = torch.from_numpy(output.predictions)
         labels, conversation_ids = dataset["label"], dataset["conversation_id"]
-    selection = select_neutral_logit_offset(config, logits, labels, conversation_ids)
-    config.neutral_logit_offset = selection.value
-    if selection.value != selection.fixed_value:
-        trainer.model_card_info.tuned_on_validation.append("the neutral-logit offset")
-    return describe_selection("Neutral-logit offset", selection, "emotion weighted F1", len(set(conversation_ids)))
-
-
-def tune_joint_threshold(trainer: Trainer, dataset: ConversationDataset, conversations: list[dict]) -> str:
-    """Sets `cause_threshold` to the one tuned on the validation conversations if tuning also wins on the folds it did
-    not see (`select_cause_threshold`); returns the model-card line saying what was chosen and why."""
-    model = trainer.model
-    predictions = conversation_predictions(dataset, trainer.predict(dataset, metric_key_prefix="tuning"))
-    selection = select_cause_threshold(model, predictions, conversations)
-    model.config.cause_threshold = selection.value
-    if selection.value != selection.fixed_value:
-        trainer.model_card_info.tuned_on_validation.append("the pair threshold")
-    return describe_selection("Pair threshold", selection, "weighted pair F1", len(conversations))
+    offset = select_neutral_logit_offset(config, logits, labels, conversation_ids)
+    config.neutral_logit_offset = offset.value
+    chosen = {"the neutral-logit offset": offset}
+    lines = [describe_selection("Neutral-logit offset", offset, "emotion weighted F1", len(conversations))]
+    if joint:
+        # The pair logits do not depend on the offset: only the emotions move, and with them the pairs decoded.
+        predictions.emotion_logits[..., config.label2id["neutral"]] += offset.value - offset.fixed_value
+        threshold = select_cause_threshold(trainer.model, predictions, conversations)
+        config.cause_threshold = threshold.value
+        chosen["the pair threshold"] = threshold
+        lines.append(describe_selection("Pair threshold", threshold, "weighted pair F1", len(conversations)))
+    trainer.model_card_info.tuned_on_validation.extend(
+        name for name, selection in chosen.items() if selection.value != selection.fixed_value
+    )
+    return lines
 
 
 def write_joint_predictions(
