@@ -354,7 +354,7 @@ def describe_selection(name: str, selection: CrossFittedSelection, score_name: s
     """The model-card line on what `select_by_cross_fitting` kept and why."""
     if selection.fold_values:
         check = (
-            f"tuned on 4 of 5 folds and scored on the fifth, it gave a {score_name} of {selection.cross_fitted_score:.4f} "
+            f"tuned on 4 of 5 folds and scored on the fifth, {score_name} {selection.cross_fitted_score:.4f} "
             f"(fold values {', '.join(map(str, selection.fold_values))}), against {selection.fixed_score:.4f} at "
             f"{selection.fixed_value}"
         )
