@@ -749,8 +749,8 @@ class MMEmotionProcessor(ProcessorMixin):
         return sub_processors
 
     # `ProcessorMixin.from_pretrained` asks for the sub-processors through one of two hooks, depending on the
-    # transformers release: `_get_arguments_from_pretrained` (positional arguments; 5.21 and later 5.2x releases) or
-    # `_resolve_subprocessors` (instances in the processor dict; from 5.25). Both serve `_load_sub_processors`.
+    # transformers release: `_get_arguments_from_pretrained` (positional arguments; 5.21, the floor) or
+    # `_resolve_subprocessors` (instances in the processor dict; 5.25). Both serve `_load_sub_processors`.
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         return list(cls._load_sub_processors(pretrained_model_name_or_path, processor_dict or {}, **kwargs).values())

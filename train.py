@@ -8,8 +8,10 @@
 #     http://www.apache.org/licenses/LICENSE-2.0
 """Train, evaluate and predict with MMEmotion models on ECF / SemEval-2024 Task 3 data.
 
-The output folder is a self-contained Hub model repository (weights, `auto_map`, the remote-code files, the processor
-and a model card), pushed with `--push_to_hub --hub_model_id user/name`.
+After training, the validation conversations set the neutral-logit offset (`config.neutral_logit_offset`: fewer
+utterances predicted neutral below 0) and, for `--task joint`, the pair threshold, each kept only if tuning it also
+wins on 5 held-out folds of them. The output folder is a self-contained Hub model repository (weights, `auto_map`, the
+remote-code files, the processor and a model card), pushed with `--push_to_hub --hub_model_id user/name`.
 
 The default recipe of a new text model (`--text_model_name_or_path` alone): LoRA r=8 on every linear layer of the
 text encoder, 3 epochs, and each utterance read with the 2 utterances before it and the 1 after it, each prefixed by
