@@ -322,9 +322,11 @@ class MMEmotionConfig(PreTrainedConfig):
                 setattr(self, key, None)
             elif getattr(self, key) is None:
                 setattr(self, key, dict(LLAMA_2_13B) if modality == "text" else {})
-        if kwargs.get("id2label") is None and kwargs.get("num_labels", len(ECF_EMOTIONS)) == len(ECF_EMOTIONS):
-            kwargs["id2label"] = dict(enumerate(ECF_EMOTIONS))
-            kwargs["label2id"] = {label: index for index, label in enumerate(ECF_EMOTIONS)}
+        # `id2label` and `label2id` are fields; `num_labels` only sizes generic labels when there is no `id2label`.
+        if self.id2label is None and kwargs.get("num_labels", len(ECF_EMOTIONS)) == len(ECF_EMOTIONS):
+            self.id2label = dict(enumerate(ECF_EMOTIONS))
+        if self.id2label is not None and self.label2id is None:
+            self.label2id = {label: int(index) for index, label in self.id2label.items()}
         super().__post_init__(**kwargs)
         if self.text_embedding not in ("input_embeddings", "last_hidden_state"):
             raise ValueError(f"`text_embedding` must be 'input_embeddings' or 'last_hidden_state', got {self.text_embedding!r}.")
@@ -345,10 +347,15 @@ class MMEmotionConfig(PreTrainedConfig):
             )
         if isinstance(self.neutral_logit_offset, bool) or not isinstance(self.neutral_logit_offset, (int, float)):
             raise ValueError(f"`neutral_logit_offset` must be a number, got {self.neutral_logit_offset!r}.")
-        if self.neutral_logit_offset and "neutral" not in self.id2label.values():
+        if self.neutral_logit_offset and self.neutral_label_id is None:
             raise ValueError(f"`neutral_logit_offset` is {self.neutral_logit_offset} but no label is 'neutral': {self.id2label}.")
         if self.class_weights is not None and len(self.class_weights) != self.num_labels:
             raise ValueError(f"`class_weights` has {len(self.class_weights)} values for {self.num_labels} labels.")
+
+    @property
+    def neutral_label_id(self) -> int | None:
+        """Id of the `"neutral"` label (the emotion without causes, whose logit `neutral_logit_offset` moves), or None."""
+        return next((int(index) for index, label in self.id2label.items() if label == "neutral"), None)
 
     def modality_hidden_size(self, modality: str) -> int:
         """Width of the token features the encoder of `modality` outputs (the input width of its projection)."""

@@ -142,7 +142,7 @@ def _offset_neutral_logit(logits: torch.Tensor, config: MMEmotionConfig) -> torc
     if not config.neutral_logit_offset:
         return logits
     offset = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
-    offset[config.label2id["neutral"]] = config.neutral_logit_offset
+    offset[config.neutral_label_id] = config.neutral_logit_offset
     return logits + offset
 
 
@@ -890,6 +890,11 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
     utterance_input_names = tuple(inspect.signature(MMEmotionModel.forward).parameters)[1:]
 
     def __init__(self, config: MMEmotionConfig):
+        if config.neutral_label_id is None:
+            raise ValueError(
+                f"The emotion-cause model needs a 'neutral' label (utterances predicted neutral get no cause pairs); "
+                f"the labels are {config.id2label}."
+            )
         super().__init__(config)
         self.mmemotion = MMEmotionModel(config)
         fused_size = len(config.modalities) * config.projection_size
@@ -902,10 +907,6 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
             self.emotion_classifier = MMEmotionClassificationHead(config, config.context_hidden_size)
         self.pair_scorer = MMEmotionCausePairScorer(config)
         self.post_init()
-
-    @property
-    def neutral_label_id(self) -> int:
-        return int(self.config.label2id.get("neutral", 0))
 
     def get_input_embeddings(self):
         return self.mmemotion.get_input_embeddings()
@@ -1001,7 +1002,7 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
         trained = candidates & (cause_labels != -100)
         if labels is not None:
             labels = labels.to(cause_logits.device)
-            trained = trained & ((labels != -100) & (labels != self.neutral_label_id))[:, :, None]
+            trained = trained & ((labels != -100) & (labels != self.config.neutral_label_id))[:, :, None]
         logits, targets = cause_logits[trained], cause_labels[trained].to(cause_logits.dtype)
         if targets.numel() == 0:
             return cause_logits.sum() * 0.0  # keeps the graph (and DDP's used-parameter bookkeeping) intact
@@ -1039,7 +1040,7 @@ class MMEmotionForEmotionCauseExtraction(MMEmotionPreTrainedModel):
         """
         threshold = self.config.cause_threshold if threshold is None else threshold
         utterance_mask = utterance_mask.bool()
-        emotion_utterances = utterance_mask & (emotion_logits.argmax(dim=-1) != self.neutral_label_id)
+        emotion_utterances = utterance_mask & (emotion_logits.argmax(dim=-1) != self.config.neutral_label_id)
         most_probable = nn.functional.one_hot(cause_logits.argmax(dim=-1), cause_logits.shape[-1]).bool()
         selected = (torch.sigmoid(cause_logits.float()) >= threshold) | most_probable
         selected &= _candidate_pairs(utterance_mask, self.config.cause_window) & emotion_utterances[:, :, None]

@@ -124,6 +124,20 @@ def test_a_neutral_logit_offset_that_does_not_win_on_held_out_folds_is_not_kept(
         MMEmotionConfig(neutral_logit_offset=-0.5, num_labels=2, id2label={0: "happy", 1: "sad"})
 
 
+def test_labels_of_ones_own_survive_saving_and_the_emotion_cause_model_needs_a_neutral_one(tmp_path):
+    assert MMEmotionConfig().neutral_label_id == 0  # the ECF emotions
+    moods = MMEmotionConfig(id2label={0: "happy", 1: "neutral", 2: "sad"})
+    assert moods.label2id == {"happy": 0, "neutral": 1, "sad": 2} and moods.neutral_label_id == 1
+    moods.save_pretrained(tmp_path)
+    reloaded = MMEmotionConfig.from_pretrained(tmp_path)  # not replaced by the ECF emotions
+    assert (reloaded.id2label, reloaded.label2id, reloaded.neutral_label_id) == (moods.id2label, moods.label2id, 1)
+    without = MMEmotionConfig(num_labels=2, id2label={0: "happy", 1: "sad"})
+    assert without.neutral_label_id is None
+    # Utterances predicted neutral get no cause pairs: without that label the model would have no rule to decode by.
+    with pytest.raises(ValueError, match="The emotion-cause model needs a 'neutral' label .* 'happy'"):
+        MMEmotionForEmotionCauseExtraction(without)
+
+
 def test_defaults_of_a_new_text_model_and_of_a_preset(tmp_path):
     def arguments(*extra):
         model_args, data_args, training_args = train.parse_arguments(["--output_dir", str(tmp_path), *extra])

@@ -246,7 +246,7 @@ def select_neutral_logit_offset(
     offsets = NEUTRAL_LOGIT_OFFSETS if offsets is None else list(offsets)
     labels = np.asarray(labels)
     labelled = labels != ecf.IGNORE_INDEX
-    neutral = config.label2id["neutral"]
+    neutral = config.neutral_label_id
     # Logits without any offset, and the neutral column apart: decoding at an offset is one comparison.
     logits = emotion_logits.float().numpy()[labelled]
     neutral_logits = logits[:, neutral] - config.neutral_logit_offset
@@ -391,7 +391,7 @@ def calibrate_on_validation(
     lines = [describe_selection("Neutral-logit offset", offset, "emotion weighted F1", len(conversations))]
     if joint:
         # The pair logits do not depend on the offset: only the emotions move, and with them the pairs decoded.
-        predictions.emotion_logits[..., config.label2id["neutral"]] += offset.value - offset.fixed_value
+        predictions.emotion_logits[..., config.neutral_label_id] += offset.value - offset.fixed_value
         threshold = select_cause_threshold(trainer.model, predictions, conversations)
         config.cause_threshold = threshold.value
         chosen["the pair threshold"] = threshold
