@@ -709,6 +709,9 @@ def run_task(
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
+        # Mixed precision (`--bf16`) trains under accelerate's autocast wrapper of `forward`; everything after training
+        # (calibration, evaluation, predictions) runs in float32, as the saved model does once loaded.
+        trainer.accelerator.unwrap_model(trainer.model_wrapped, keep_fp32_wrapper=False)
         # The decoding settings of the trained model, tuned on the validation conversations: the neutral-logit offset,
         # then (for the pairs of the emotions it gives) the pair threshold.
         if "validation" in splits:

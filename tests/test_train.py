@@ -22,6 +22,7 @@ from huggingface_hub import HfApi, RepoUrl
 from safetensors import safe_open
 
 import ecf
+import predict
 import train
 from configuration_mmemotion import MMEmotionConfig
 from demo.media import tone, write_mp4
@@ -233,6 +234,24 @@ def test_text_only_model_from_a_pretrained_text_encoder_with_predictions(tmp_pat
         for utterance in conversation["conversation"]
     ]
     assert np.mean(correct) > 0.8
+
+
+def test_bf16_trains_under_autocast_then_calibrates_and_predicts_in_float32(tmp_path, data):
+    output_dir = run_train(
+        tmp_path, data, "--config_name", "tiny", "--modalities", "text", "--num_train_epochs", "2",
+        "--test_file", data["test"], "--do_train", "--do_predict", "--bf16",
+    )
+    assert read_json(output_dir / "trainer_state.json")["log_history"]  # it trained
+    # The probabilities train.py wrote after training equal those of the saved model loaded in float32 (under autocast
+    # they differ by about 1e-4 here): the calibration before them read float32 logits too.
+    predict.main([
+        "--model_name_or_path", str(output_dir), "--input_file", data["test"], "--output_file", str(tmp_path / "p.json"),
+    ])
+    written, reloaded = read_json(output_dir / "predictions.json"), read_json(tmp_path / "p.json")
+    for conversation, again in zip(written, reloaded, strict=True):
+        for utterance, same in zip(conversation["conversation"], again["conversation"], strict=True):
+            for emotion, probability in utterance["emotion_probabilities"].items():
+                assert probability == pytest.approx(same["emotion_probabilities"][emotion], abs=2e-6)
 
 
 LOGITS_SCRIPT = textwrap.dedent(
