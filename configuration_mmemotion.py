@@ -256,7 +256,9 @@ class MMEmotionConfig(PreTrainedConfig):
             Weight of the positive pairs in the pair loss (positives are rare). `None` weighs each batch by its ratio
             of negatives to positives.
         num_labels (`int`, *optional*, defaults to 7):
-            Number of emotion classes; `id2label` defaults to the ECF emotions.
+            Number of emotion classes; `id2label` defaults to the ECF emotions. Labels of your own are given as
+            `id2label` (`label2id` follows from it); the emotion-cause model needs one of them to be `"neutral"`, the
+            emotion without causes.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the initialisation of new weights: the fusion, the heads, the ImageBind audio encoder,
             the branches' position embeddings and projections. The BLIP-2 vision model and Q-Formers (and their query
