@@ -6,16 +6,19 @@ and that the report renders them.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from benchmarks import exp0_memory, run
+from benchmarks import exp0_memory, pair_decoding, run
 from benchmarks.cases import device_cache_build, video_branch_flops
 from benchmarks.media import write_tv_clip
 from benchmarks.report import gpu_section
 from configuration_mmemotion import MMEmotionConfig
+from test_train_joint import data, joint_run  # noqa: F401 (fixtures)
 
 
 DEVICE_CHECK = os.path.join(run.ROOT, "benchmarks", "device_check.sh")
@@ -105,3 +108,29 @@ def test_exp0_memory_folder_loads_through_train(tmp_path):
     result = exp0_memory.measure(str(tmp_path), exp0_memory.LOAD_MODEL.format(encoder_dtype="bfloat16"))
     assert set(result["parameter_dtypes"]) == {"bfloat16", "float32"}
     assert result["VmHWM"] >= result["after_load"]["VmHWM"] > 0
+
+
+def test_pair_decoding_report_scores_and_tunes_as_train_py_did(tmp_path, joint_run, data):
+    output_dir = joint_run["output_dir"]
+    report = pair_decoding.main([
+        "--model_name_or_path", str(output_dir), "--input_file", data["labelled"], "--output_file", str(tmp_path / "r.json"),
+    ])
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+    # The joint run's validation file is this input: its pairs as saved score what train.py's evaluation gave, and the
+    # single threshold is tuned and cross-fitted exactly as train.py's model card says it was.
+    eval_results = json.loads((output_dir / "eval_results.json").read_text())
+    assert report["as saved"] == pytest.approx(eval_results["eval_pair_weighted_f1"], abs=1e-4)
+    card = (output_dir / "README.md").read_text()
+    line = re.search(
+        r"Pair threshold .*?weighted pair F1 ([\d.]+) \(fold values ([\d., ]+)\).*tuned on all of them: ([\d.]+) "
+        r"\(weighted pair F1 ([\d.]+)\)", card,
+    )
+    cross_fitted, fold_values, tuned, tuned_score = line.groups()
+    single = report["one threshold"]
+    assert single["tuned on all"] == [float(tuned)] and single["score tuned on all"] == pytest.approx(float(tuned_score), abs=1e-4)
+    assert single["cross-fitted"] == pytest.approx(float(cross_fitted), abs=1e-4)
+    assert [value for (value,) in single["fold values"]] == [float(value) for value in fold_values.split(", ")]
+    for rule in ("itself / previous / others", "threshold, at most k causes", "threshold, itself always"):
+        assert 0 <= report[rule]["cross-fitted"] <= 1 and len(report[rule]["fold values"]) == 5
+    for row in ("gold causes", "gold emotions", "itself and the previous utterance"):
+        assert 0 <= report[row] <= 1
