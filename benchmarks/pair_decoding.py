@@ -25,6 +25,7 @@ The input must be labelled (emotions and pairs). Every score is the official pai
 """
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -50,8 +51,8 @@ def gold_matrices(conversations: list[dict], num_utterances: int, label2id: dict
     for row, conversation in enumerate(conversations):
         for index, utterance in enumerate(conversation["conversation"]):
             emotions[row, index] = label2id[utterance["emotion"]]
-        for emotion_part, cause in conversation["emotion-cause_pairs"]:
-            pairs[row, int(emotion_part.split("_", 1)[0]) - 1, int(cause) - 1] = True
+        for emotion_index, cause_index in ecf._cause_pair_indexes(conversation):
+            pairs[row, emotion_index, cause_index] = True
     return emotions, pairs
 
 
@@ -83,9 +84,7 @@ class PairDecoder:
         pairs = [[] for _ in range(selected.shape[0])]
         for row, emotion_index, cause_index in selected.nonzero().tolist():
             pairs[row].append((emotion_index, cause_index))
-        predictions = self.predictions
-        if emotion_logits is not predictions.emotion_logits:
-            predictions = type(predictions)(predictions.conversation_ids, emotion_logits, predictions.cause_logits, predictions.utterance_mask)
+        predictions = dataclasses.replace(self.predictions, emotion_logits=emotion_logits)
         return pairs_to_submission(predictions, pairs, self.model.config.id2label)
 
     def threshold(self, threshold: float) -> torch.Tensor:
