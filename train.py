@@ -578,8 +578,10 @@ def train_emotion_stage(
         dataclasses.replace(
             training_args, output_dir=stage_dir, num_train_epochs=model_args.emotion_stage_epochs, do_predict=False,
             push_to_hub=False, **emotion_defaults,
-            # The stage's last epoch is what the joint model starts from: no per-epoch checkpoints to keep.
-            save_strategy="no", load_best_model_at_end=False,
+            # The stage's last epoch is what the joint model starts from: no per-epoch checkpoints to keep, nor
+            # per-epoch scores, which would choose nothing (about a minute of the default's 30); the stage is scored
+            # once, after training (calibration, --do_eval).
+            save_strategy="no", load_best_model_at_end=False, eval_strategy="no",
         ),
     )
     keep_stage_emotions = model_args.freeze_utterance_model is not False

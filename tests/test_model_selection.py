@@ -175,6 +175,9 @@ def test_joint_model_in_two_stages_from_a_new_text_model(data, tmp_path):  # noq
     assert stage_config["architectures"] == ["MMEmotionForEmotionClassification"]
     assert not (stage_dir / "adapter_config.json").exists()  # merged: a plain checkpoint
     assert not list(stage_dir.glob("checkpoint-*"))  # its last epoch is what stage 2 reads
+    # Scored once, after training (its calibration and evaluation), not after each epoch.
+    assert not [entry for entry in read_json(stage_dir / "trainer_state.json")["log_history"] if "eval_loss" in entry]
+    assert "eval_weighted_f1" in read_json(stage_dir / "eval_results.json")
     assert any("Encoder features cached: ['text']" in message for message in messages)
 
     joint = MMEmotionForEmotionCauseExtraction.from_pretrained(output_dir)
