@@ -15,8 +15,8 @@ scored on the fifth, the folds pooled: the cross-fitted score).
 The input must be labelled (emotions and pairs). Every score is the official pair weighted F1. Rows:
 
 - `as saved`: the checkpoint's emotions and its pairs at its threshold (what predict.py writes);
-- `gold causes` / `gold emotions`: the same with the gold causes of each utterance it predicts non-neutral, or with
-  the gold emotions and its own pair decoding: how much each half of the task loses;
+- `gold causes` / `gold emotions`: the same with the gold causes of each utterance it predicts non-neutral (those
+  within its cause window), or with the gold emotions and its own pair decoding: how much each half of the task loses;
 - `itself and the previous utterance`: that rule on the checkpoint's emotions;
 - the decoding rules, each with its value tuned on all the conversations and its cross-fitted score: one threshold
   (train.py's), one threshold for the utterance itself, one for the previous utterance and one for the others, one
