@@ -18,6 +18,9 @@ The input must be labelled (emotions and pairs). Every score is the official pai
 - `gold causes` / `gold emotions`: the same with the gold causes of each utterance it predicts non-neutral (those
   within its cause window), or with the gold emotions and its own pair decoding: how much each half of the task loses;
 - `itself and the previous utterance`: that rule on the checkpoint's emotions;
+- `by offset`: over the utterances whose emotion it predicts right, its gold causes found and missed and the causes
+  it adds that are not gold, by the cause's position relative to the utterance (-3: three or more before it, 2: two
+  or more after it);
 - the decoding rules, each with its value tuned on all the conversations and its cross-fitted score: one threshold
   (train.py's), one threshold for the utterance itself, one for the previous utterance and one for the others, one
   threshold and at most k causes per emotion utterance, one threshold with the utterance itself always a cause. Every
@@ -102,6 +105,23 @@ class PairDecoder:
         return self.threshold(threshold) | (self.offset == 0)
 
 
+def errors_by_offset(decoder: PairDecoder, selected: torch.Tensor, gold_emotions: torch.Tensor, gold_pairs: torch.Tensor) -> dict:
+    """Found / missed / added pairs of the utterances whose emotion is predicted right, by clipped cause offset."""
+    emotion_logits = decoder.predictions.emotion_logits
+    right = decoder.emotion_utterances(emotion_logits) & (emotion_logits.argmax(dim=-1) == gold_emotions)
+    selected = selected & decoder.candidates & right[:, :, None]
+    gold = gold_pairs & right[:, :, None]
+    offset = decoder.offset.clamp(-3, 2)
+    return {
+        str(value): {
+            "found": int((selected & gold & (offset == value)).sum()),
+            "missed": int((gold & ~selected & (offset == value)).sum()),
+            "added": int((selected & ~gold & (offset == value)).sum()),
+        }
+        for value in range(-3, 3)
+    }
+
+
 def cross_fitted(decoder: PairDecoder, references: list[dict], rule, candidates: list[tuple]) -> dict:
     """`rule(*candidate)` tuned on all the conversations and cross-fitted over 5 folds of them."""
     submissions = {candidate: decoder.submission(rule(*candidate)) for candidate in candidates}
@@ -142,6 +162,7 @@ def analyse(model_name_or_path: str, input_file: str) -> dict:
         "gold causes": official(decoder.submission(gold_pairs)),
         "gold emotions": official(decoder.submission(decoder.threshold(threshold), gold_emotion_logits)),
         "itself and the previous utterance": official(decoder.submission((decoder.offset == 0) | (decoder.offset == -1))),
+        "by offset": errors_by_offset(decoder, decoder.threshold(threshold), gold_emotions, gold_pairs),
         "one threshold": cross_fitted(decoder, references, decoder.threshold, [(value,) for value in CAUSE_THRESHOLDS]),
         "itself / previous / others": cross_fitted(decoder, references, decoder.per_offset, list(itertools.product(high, repeat=3))),
         "threshold, at most k causes": cross_fitted(

@@ -134,3 +134,5 @@ def test_pair_decoding_report_scores_and_tunes_as_train_py_did(tmp_path, joint_r
         assert 0 <= report[rule]["cross-fitted"] <= 1 and len(report[rule]["fold values"]) == 5
     for row in ("gold causes", "gold emotions", "itself and the previous utterance"):
         assert 0 <= report[row] <= 1
+    assert list(report["by offset"]) == ["-3", "-2", "-1", "0", "1", "2"]
+    assert sum(counts["found"] + counts["missed"] + counts["added"] for counts in report["by offset"].values()) > 0
