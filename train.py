@@ -233,7 +233,7 @@ class ModelArguments:
         metadata={
             "help": "`--task joint` only: train an utterance-level emotion model with LoRA (`--lora_r`) on the text "
             "encoder for this many epochs first (in `emotion-stage/` of the output folder, the emotion task's training "
-            "defaults), then the joint model from it, its merged text encoder frozen (features cached) and no LoRA, "
+            "defaults, scored once after training rather than after each epoch), then the joint model from it, its merged text encoder frozen (features cached) and no LoRA, "
             "predicting the first stage's emotions (--freeze_utterance_model). 0: the joint model trains in one stage "
             "(end to end with `--lora_r`)."
         },
